@@ -1,0 +1,28 @@
+//! Side effects as data: what the core asks the runtime to do, and how the runtime reports back.
+//! The core never performs an effect itself; the runtime executes it and calls
+//! `Client::handle_effect_done` with the outcome.
+
+/// Identifies one requested effect so its outcome can be routed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EffectId(pub u64);
+
+/// Something the runtime must do outside the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Reboot the host in an orderly way (systemd-logind, or the configured command). Emitted
+    /// only after the response to the Execute has been handed out for sending.
+    Reboot,
+    /// Run the configured factory-reset command.
+    FactoryReset,
+    /// Write the core's persistent state (a versioned JSON document) atomically.
+    SaveState(serde_json::Value),
+}
+
+/// How an effect ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It worked.
+    Done,
+    /// It failed; the text names the cause for logs.
+    Failed(String),
+}

@@ -1,0 +1,7 @@
+//! The LwM2M layer of the sans-IO core: paths, values, content formats, and the interfaces
+//! (registration, device management, information reporting).
+
+pub mod content;
+pub mod error;
+pub mod path;
+pub mod value;
