@@ -1,1 +1,2 @@
+//! The lwm2md daemon binary (being written).
 fn main() {}

@@ -1,1 +1,2 @@
+//! The narrated demo: a local LwM2M server and the agent (being written).
 fn main() {}

@@ -163,8 +163,13 @@ pub trait Object: Send {
         Err(Error::not_allowed("object does not support Delete"))
     }
 
-    /// Streams one Block1 block into an Opaque resource. Objects that do not stream refuse, and
-    /// the core then buffers small bodies itself.
+    /// True when Block1 writes to this Opaque resource are streamed block by block through
+    /// `write_block` instead of being assembled in memory (firmware images).
+    fn streams(&self, _instance: u16, _resource: u16) -> bool {
+        false
+    }
+
+    /// Streams one Block1 block into an Opaque resource for which `streams` is true.
     fn write_block(
         &mut self,
         _ctx: &mut Ctx<'_>,

@@ -1,2 +1,7 @@
 //! The standard objects lwm2md serves, each a `core::object::Object` holding pure state. Host
 //! data arrives through probe traits implemented in `host/`, so objects stay testable.
+
+/// Object 0, LwM2M Security.
+pub mod security;
+/// Object 1, LwM2M Server.
+pub mod server;
