@@ -32,10 +32,42 @@ pub(super) enum Failure {
     Reset,
 }
 
+/// What an observation watches: one path (Observe) or a path list (Observe-Composite).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Target {
+    /// GET with Observe.
+    Path(Path),
+    /// FETCH with Observe and a SenML path list.
+    Composite(Vec<Path>),
+}
+
+impl Target {
+    /// The paths watched.
+    pub(super) fn paths(&self) -> &[Path] {
+        match self {
+            Self::Path(p) => std::slice::from_ref(p),
+            Self::Composite(ps) => ps,
+        }
+    }
+
+    /// The path attributes are taken from: the observed path, or the root for a composite
+    /// observation (whose timing comes from the server defaults, Core §6.4.3.2).
+    fn attribute_path(&self) -> Path {
+        match self {
+            Self::Path(p) => *p,
+            Self::Composite(_) => Path::ROOT,
+        }
+    }
+
+    fn overlaps(&self, path: &Path) -> bool {
+        self.paths().iter().any(|p| overlaps(p, path))
+    }
+}
+
 /// One observation by one server.
 #[derive(Debug)]
 pub(super) struct Observation {
-    path: Path,
+    target: Target,
     format: u16,
     seq: ObserveSeq,
     last_sent: Instant,
@@ -64,11 +96,11 @@ impl Client {
         now: Instant,
         ssid: u16,
         token: Vec<u8>,
-        path: Path,
+        target: Target,
         format: u16,
         records: Vec<Record>,
     ) -> u32 {
-        let volatile = self.is_volatile(&path);
+        let volatile = target.paths().iter().any(|p| self.is_volatile(p));
         let initial = self.random_below(1 << 16) as u32;
         let Some(conn) = self.servers.get_mut(&ssid) else {
             return 0;
@@ -80,11 +112,11 @@ impl Client {
             }
         }
         let seq = ObserveSeq::new(initial);
-        log::debug!("server {ssid}: observing {path}");
+        log::debug!("server {ssid}: observing {target:?}");
         conn.observations.insert(
             token.clone(),
             Observation {
-                path,
+                target,
                 format,
                 seq,
                 last_sent: now,
@@ -109,7 +141,7 @@ impl Client {
             return;
         };
         if let Some(obs) = conn.observations.remove(token) {
-            log::debug!("server {ssid}: observation of {} cancelled", obs.path);
+            log::debug!("server {ssid}: observation of {:?} cancelled", obs.target);
             if let Some(id) = obs.in_flight {
                 conn.endpoint.cancel(id);
                 conn.exchanges.remove(&id);
@@ -139,7 +171,7 @@ impl Client {
                 Some(conn) => conn
                     .observations
                     .iter_mut()
-                    .filter(|(_, o)| overlaps(&o.path, path))
+                    .filter(|(_, o)| o.target.overlaps(path))
                     .map(|(t, o)| {
                         o.eval_requested = true;
                         t.clone()
@@ -162,7 +194,7 @@ impl Client {
             .map(|c| {
                 c.observations
                     .iter()
-                    .filter(|(_, o)| overlaps(&o.path, path))
+                    .filter(|(_, o)| o.target.overlaps(path))
                     .map(|(t, _)| t.clone())
                     .collect()
             })
@@ -205,7 +237,7 @@ impl Client {
             .servers
             .get(&ssid)
             .and_then(|c| c.observations.get(token))
-            .map(|o| o.path)
+            .map(|o| o.target.attribute_path())
         else {
             return;
         };
@@ -246,16 +278,22 @@ impl Client {
 
     /// Reads the observed value and notifies when the attributes say so.
     fn evaluate(&mut self, now: Instant, ssid: u16, token: &[u8]) {
-        let Some((path, prev)) = self
+        let Some((target, prev)) = self
             .servers
             .get(&ssid)
             .and_then(|c| c.observations.get(token))
-            .map(|o| (o.path, o.last_records.clone()))
+            .map(|o| (o.target.clone(), o.last_records.clone()))
         else {
             return;
         };
-        let attrs = self.effective_attributes(now, ssid, &path);
-        let (records, _) = self.with_ctx(now, Some(ssid), |reg, ctx| tree::read(reg, ctx, &path));
+        let attrs = self.effective_attributes(now, ssid, &target.attribute_path());
+        let records = match &target {
+            Target::Path(path) => {
+                self.with_ctx(now, Some(ssid), |reg, ctx| tree::read(reg, ctx, path))
+                    .0
+            }
+            Target::Composite(paths) => Ok(self.read_composite(now, ssid, paths)),
+        };
         let records = match records {
             Ok(r) => r,
             Err(e) => {
@@ -290,7 +328,7 @@ impl Client {
             .servers
             .get(&ssid)
             .and_then(|c| c.observations.get(token))
-            .map(|o| (o.path, o.format))
+            .map(|o| (o.target.attribute_path(), o.format))
         else {
             return;
         };
@@ -349,7 +387,10 @@ impl Client {
         let Some(obs) = conn.observations.remove(token) else {
             return;
         };
-        log::debug!("server {ssid}: observation of {} ends: {error}", obs.path);
+        log::debug!(
+            "server {ssid}: observation of {:?} ends: {error}",
+            obs.target
+        );
         let mut msg = Message::response(error.code());
         msg.token = token.to_vec();
         let _ = conn.endpoint.send_notification(now, msg, false);

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Client;
+use super::observe::Target;
 use crate::core::coap::block::BlockOpt;
 use crate::core::coap::blockwise::{Block1Receiver, BlockwiseError, block2_slice};
 use crate::core::coap::endpoint::IncomingId;
@@ -192,8 +193,10 @@ impl Client {
                 )),
             },
             Code::DELETE => self.delete(now, ssid, path, outputs),
+            Code::FETCH if path.is_root() => self.read_composite_request(now, ssid, msg, body),
+            Code::IPATCH if path.is_root() => self.write_composite(now, ssid, msg, body, outputs),
             _ => Err(Error::not_allowed(format!(
-                "method {} is not supported",
+                "method {} is not supported here",
                 msg.code
             ))),
         }
@@ -355,7 +358,14 @@ impl Client {
         let accept = msg.accept()?;
         let (records, format) = self.render_records(now, ssid, path, accept)?;
         let body = self.encode(format, path, &records)?;
-        let seq = self.start_observation(now, ssid, msg.token.clone(), *path, format, records);
+        let seq = self.start_observation(
+            now,
+            ssid,
+            msg.token.clone(),
+            Target::Path(*path),
+            format,
+            records,
+        );
         let mut resp = self.content_response(now, ssid, path, accept, format, body, None)?;
         resp.set_uint_option(opt::OBSERVE, u64::from(seq));
         Ok(resp)
@@ -402,6 +412,177 @@ impl Client {
             body,
             requested,
         )
+    }
+
+    // ----- Composite operations (LwM2M 1.1, FETCH / iPATCH with SenML) -----
+
+    /// Read-Composite and Observe-Composite: the body lists paths; the answer carries whatever of
+    /// them exists and is readable (best effort, Core §6.3.8), never /0 or executables.
+    fn read_composite_request(
+        &mut self,
+        now: Instant,
+        ssid: u16,
+        msg: &Message,
+        body: &[u8],
+    ) -> Result<Message, Error> {
+        let request_format = msg
+            .content_format()?
+            .ok_or_else(|| Error::bad("FETCH without Content-Format"))?;
+        if !matches!(request_format, cf::SENML_JSON | cf::SENML_CBOR) {
+            return Err(Error::UnsupportedContentFormat(request_format));
+        }
+        let format = msg.accept()?.unwrap_or(request_format);
+        if !matches!(format, cf::SENML_JSON | cf::SENML_CBOR) {
+            return Err(Error::NotAcceptable(format));
+        }
+        let paths = content::decode_paths(request_format, body).map_err(decode_error)?;
+        if paths.is_empty() {
+            return Err(Error::bad("empty path list"));
+        }
+        let records = self.read_composite(now, ssid, &paths);
+        let payload = self.encode(format, &Path::ROOT, &records)?;
+        match msg.observe()? {
+            Some(0) => {
+                let seq = self.start_observation(
+                    now,
+                    ssid,
+                    msg.token.clone(),
+                    Target::Composite(paths),
+                    format,
+                    records,
+                );
+                let mut resp = self.content_response(
+                    now,
+                    ssid,
+                    &Path::ROOT,
+                    Some(format),
+                    format,
+                    payload,
+                    None,
+                )?;
+                resp.set_uint_option(opt::OBSERVE, u64::from(seq));
+                Ok(resp)
+            }
+            Some(1) => {
+                self.cancel_observation(ssid, &msg.token);
+                self.content_response(
+                    now,
+                    ssid,
+                    &Path::ROOT,
+                    Some(format),
+                    format,
+                    payload,
+                    block2_of(msg)?,
+                )
+            }
+            _ => self.content_response(
+                now,
+                ssid,
+                &Path::ROOT,
+                Some(format),
+                format,
+                payload,
+                block2_of(msg)?,
+            ),
+        }
+    }
+
+    /// The readable values below each of `paths`, merged in path order; the root means every
+    /// object a management server may read.
+    pub(super) fn read_composite(
+        &mut self,
+        now: Instant,
+        ssid: u16,
+        paths: &[Path],
+    ) -> Vec<Record> {
+        let mut targets = Vec::new();
+        for p in paths {
+            if p.is_root() {
+                targets.extend(
+                    self.registry
+                        .ids()
+                        .into_iter()
+                        .filter(|o| !matches!(o, 0 | 21 | 23))
+                        .map(Path::object),
+                );
+            } else if !matches!(p.object_id(), Some(0 | 21 | 23)) {
+                targets.push(*p);
+            }
+        }
+        let (mut records, _) = self.with_ctx(now, Some(ssid), |reg, ctx| {
+            let mut all = Vec::new();
+            for t in &targets {
+                match tree::read(reg, ctx, t) {
+                    Ok(r) => all.extend(r),
+                    Err(e) => log::debug!("read-composite skips {t}: {e}"),
+                }
+            }
+            all
+        });
+        records.sort_by(|a, b| a.path.cmp(&b.path));
+        records.dedup_by(|a, b| a.path == b.path);
+        records
+    }
+
+    /// Write-Composite: every value is checked before any is written, so the write is all or
+    /// nothing as far as the model can tell (Core §6.3.9).
+    fn write_composite(
+        &mut self,
+        now: Instant,
+        ssid: u16,
+        msg: &Message,
+        body: &[u8],
+        outputs: &mut Vec<(u16, CtxOutput)>,
+    ) -> Result<Message, Error> {
+        let format = msg
+            .content_format()?
+            .ok_or_else(|| Error::bad("iPATCH without Content-Format"))?;
+        if !matches!(format, cf::SENML_JSON | cf::SENML_CBOR) {
+            return Err(Error::UnsupportedContentFormat(format));
+        }
+        let decoded =
+            content::decode(format, &Path::ROOT, body, &self.registry).map_err(decode_error)?;
+        let mut groups: std::collections::BTreeMap<Path, Vec<Record>> =
+            std::collections::BTreeMap::new();
+        for r in decoded.records {
+            if matches!(r.path.object_id(), Some(0 | 21)) {
+                return Err(Error::Unauthorized);
+            }
+            groups.entry(r.path.truncate(2)).or_default().push(r);
+        }
+        if groups.is_empty() {
+            return Err(Error::bad("Write-Composite carries no value"));
+        }
+        let (result, out) =
+            self.with_ctx(now, Some(ssid), |reg, ctx| -> Result<Vec<Path>, Error> {
+                let mut plans = Vec::new();
+                for (instance, records) in groups {
+                    let d = content::Decoded {
+                        records,
+                        containers: Vec::new(),
+                    };
+                    plans.push((
+                        instance,
+                        tree::plan_write(reg, ctx, &instance, d, WriteMode::Update, false)?,
+                    ));
+                }
+                let mut changed = Vec::new();
+                for (instance, plan) in plans {
+                    changed.extend(tree::apply_write(
+                        reg,
+                        ctx,
+                        instance.object_id().unwrap_or(0),
+                        plan,
+                    )?);
+                }
+                Ok(changed)
+            });
+        // Outputs of every object touched are attributed to the first; actions are global anyway.
+        outputs.push((0, out));
+        for p in result? {
+            self.value_changed(now, &p);
+        }
+        Ok(Message::response(Code::CHANGED))
     }
 
     // ----- Write, Write-Attributes, Execute, Create, Delete -----
