@@ -11,3 +11,5 @@ pub mod host;
 pub mod model;
 /// The standard objects (Security, Server, Device, Connectivity Monitoring).
 pub mod objects;
+/// The tokio runtime that drives the core.
+pub mod runtime;

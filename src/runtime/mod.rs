@@ -1,0 +1,3 @@
+//! The thin tokio runtime around the sans-IO core: sockets, timers, signals, effects.
+
+pub mod transport;
