@@ -11,3 +11,6 @@ pub mod host;
 pub mod model;
 /// The standard objects (Security, Server, Device, Connectivity Monitoring).
 pub mod objects;
+/// Helpers shared by unit tests (a fixed origin for virtual clocks).
+#[cfg(test)]
+mod test_support;
