@@ -13,3 +13,6 @@ pub mod model;
 pub mod objects;
 /// The tokio runtime that drives the core.
 pub mod runtime;
+/// Helpers shared by unit tests (a fixed origin for virtual clocks).
+#[cfg(test)]
+mod test_support;

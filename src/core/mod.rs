@@ -7,3 +7,4 @@ pub mod coap;
 pub mod effect;
 pub mod lwm2m;
 pub mod object;
+pub mod sim;

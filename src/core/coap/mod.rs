@@ -7,3 +7,5 @@ pub mod codec;
 pub mod endpoint;
 pub mod message;
 pub mod observe;
+#[cfg(test)]
+mod sim_tests;
