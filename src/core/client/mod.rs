@@ -428,6 +428,8 @@ impl Client {
             EndpointEvent::Reset { request } => {
                 self.exchange_done(now, ssid, request, Err(Failure::Reset))
             }
+            // We never observe anything on a server: no token is registered for it.
+            EndpointEvent::Notification { .. } => {}
         }
     }
 

@@ -119,6 +119,14 @@ pub enum EndpointEvent {
         /// Which exchange.
         request: RequestId,
     },
+    /// A notification for an observation we hold (see `Endpoint::observe_token`); a CON one has
+    /// been acknowledged already.
+    Notification {
+        /// The observation's token.
+        token: Vec<u8>,
+        /// The notification.
+        msg: Message,
+    },
 }
 
 /// What kind of exchange holds or waits for the NSTART slot.
@@ -243,6 +251,8 @@ pub struct Endpoint {
     last_now: Option<Instant>,
     /// `cancel` freed the slot without a `now`: start the next exchange at the next timeout.
     pump_pending: bool,
+    /// Tokens of observations we hold as a client: responses with them are notifications.
+    observing: Vec<Vec<u8>>,
 }
 
 impl Endpoint {
@@ -268,6 +278,7 @@ impl Endpoint {
             events: VecDeque::new(),
             last_now: None,
             pump_pending: false,
+            observing: Vec::new(),
         }
     }
 
@@ -694,12 +705,21 @@ impl Endpoint {
         }
     }
 
-    /// Answers a CON with RST and remembers that for its duplicates.
+    /// Answers a CON with RST and remembers that for its duplicates; a NON is dropped, unless
+    /// `rst_non` (RFC 7252 §4.3 allows rejecting a NON with RST too).
     fn reject(&mut self, now: Instant, msg: &Message) {
-        if msg.mtype == MsgType::Con {
+        self.reject_with(now, msg, false);
+    }
+
+    fn reject_with(&mut self, now: Instant, msg: &Message, rst_non: bool) {
+        if msg.mtype == MsgType::Con || rst_non {
             let rst = codec::encode_empty(MsgType::Rst, msg.mid);
             self.transmits.push_back(rst.clone());
-            let lifetime = self.config.exchange_lifetime;
+            let lifetime = if msg.mtype == MsgType::Con {
+                self.config.exchange_lifetime
+            } else {
+                self.config.non_lifetime
+            };
             self.dedup.insert(now, msg.mid, lifetime, Reply::Bytes(rst));
         } else {
             let lifetime = self.config.non_lifetime;
@@ -869,9 +889,15 @@ impl Endpoint {
             return self.reject(now, &msg);
         }
         let Some(request) = self.take_request_by_token(&msg.token) else {
-            // RFC 7252 §5.3.2: a CON response nobody waits for is rejected; a NON is ignored.
+            if self.observing.contains(&msg.token) {
+                return self.on_notification(now, msg);
+            }
+            // RFC 7252 §5.3.2: a response nobody waits for is rejected. A NON one is rejected
+            // with RST as well when it is a notification (it carries Observe): that is how its
+            // sender learns to stop (RFC 7641 §3.6).
             log::debug!("CoAP: unmatched response {} ({})", msg.mid, msg.code);
-            return self.reject(now, &msg);
+            let notification = msg.has_option(opt::OBSERVE);
+            return self.reject_with(now, &msg, notification);
         };
         if msg.mtype == MsgType::Con {
             let ack = codec::encode_empty(MsgType::Ack, msg.mid);
@@ -885,6 +911,37 @@ impl Endpoint {
         self.events
             .push_back(EndpointEvent::Response { request, msg });
         self.pump(now);
+    }
+
+    /// A notification for one of our observations: acknowledged (CON), de-duplicated, reported.
+    fn on_notification(&mut self, now: Instant, msg: Message) {
+        let (reply, lifetime) = if msg.mtype == MsgType::Con {
+            let ack = codec::encode_empty(MsgType::Ack, msg.mid);
+            self.transmits.push_back(ack.clone());
+            (Reply::Bytes(ack), self.config.exchange_lifetime)
+        } else {
+            (Reply::Nothing, self.config.non_lifetime)
+        };
+        self.dedup.insert(now, msg.mid, lifetime, reply);
+        // A final (non-2.xx) notification or one without Observe ends the observation (RFC 7641).
+        if !msg.code.is_success() || !msg.has_option(opt::OBSERVE) {
+            self.observing.retain(|t| *t != msg.token);
+        }
+        self.events.push_back(EndpointEvent::Notification { token: msg.token.clone(), msg });
+    }
+
+    /// Treats later responses carrying `token` as notifications of an observation we started
+    /// (a GET with Observe = 0 sent with this token).
+    pub fn observe_token(&mut self, token: Vec<u8>) {
+        if !self.observing.contains(&token) {
+            self.observing.push(token);
+        }
+    }
+
+    /// Stops accepting notifications for `token`: the next one is rejected with RST, which
+    /// cancels the observation at the peer (RFC 7641 §3.6).
+    pub fn forget_token(&mut self, token: &[u8]) {
+        self.observing.retain(|t| t != token);
     }
 
     /// The request of ours waiting for a response with `token`, removed from the waiting state.
