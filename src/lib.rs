@@ -3,6 +3,8 @@
 //! See the README's "Architecture" section for the code map and invariants.
 #![forbid(unsafe_code)]
 
+/// Configuration files and flags → validated `Settings`.
+pub mod config;
 /// The sans-IO protocol core (CoAP, LwM2M, object dispatch).
 pub mod core;
 /// Real host data providers used by the objects.
