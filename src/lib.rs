@@ -9,7 +9,11 @@ pub mod config;
 pub mod core;
 /// Real host data providers used by the objects.
 pub mod host;
+/// Logging to the journal when stderr is connected to it, else to stderr.
+pub mod logging;
 /// The LwM2M object model generated from the OMA XML.
 pub mod model;
 /// The standard objects (Security, Server, Device, Connectivity Monitoring).
 pub mod objects;
+/// The state directory: locked, versioned, atomically written JSON documents.
+pub mod persist;
