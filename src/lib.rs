@@ -17,3 +17,5 @@ pub mod model;
 pub mod objects;
 /// The state directory: locked, versioned, atomically written JSON documents.
 pub mod persist;
+/// The tokio runtime around the core: main loop, sd_notify, power actions.
+pub mod runtime;
