@@ -3,15 +3,21 @@
 //! See the README's "Architecture" section for the code map and invariants.
 #![forbid(unsafe_code)]
 
+/// Configuration files and flags → validated `Settings`.
+pub mod config;
 /// The sans-IO protocol core (CoAP, LwM2M, object dispatch).
 pub mod core;
 /// Real host data providers used by the objects.
 pub mod host;
+/// Logging to the journal when stderr is connected to it, else to stderr.
+pub mod logging;
 /// The LwM2M object model generated from the OMA XML.
 pub mod model;
 /// The standard objects (Security, Server, Device, Connectivity Monitoring).
 pub mod objects;
-/// The tokio runtime that drives the core.
+/// The state directory: locked, versioned, atomically written JSON documents.
+pub mod persist;
+/// The tokio runtime around the core: main loop, sd_notify, power actions.
 pub mod runtime;
 /// Helpers shared by unit tests (a fixed origin for virtual clocks).
 #[cfg(test)]
