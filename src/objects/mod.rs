@@ -1,2 +1,7 @@
 //! The standard objects lwm2md serves, each a `core::object::Object` holding pure state. Host
 //! data arrives through probe traits implemented in `host/`, so objects stay testable.
+
+/// Object 4 Connectivity Monitoring: bearers, addresses, routers and modem radio data.
+pub mod connectivity;
+/// Object 3 Device: identity, reboot, power, memory, error codes and time.
+pub mod device;
