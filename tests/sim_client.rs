@@ -66,7 +66,12 @@ impl Object for TestDevice {
         let v = match r {
             0 => Value::String(self.manufacturer.clone()),
             9 => Value::Integer(self.probe.lock().expect("probe").battery),
-            11 => return Ok(ResourceValue::Multiple(BTreeMap::from([(0, Value::Integer(0))]))),
+            11 => {
+                return Ok(ResourceValue::Multiple(BTreeMap::from([(
+                    0,
+                    Value::Integer(0),
+                )])));
+            }
             13 => Value::Time(ctx.unix_time),
             16 => Value::String("U".into()),
             _ => return Err(Error::NotFound),
@@ -110,8 +115,18 @@ impl Object for TestFirmware {
     fn streams(&self, _: u16, r: u16) -> bool {
         r == 0
     }
-    fn write_block(&mut self, _: &mut Ctx<'_>, _: u16, _: u16, b: &BlockWrite<'_>) -> Result<(), Error> {
-        self.probe.lock().expect("probe").firmware.push((b.offset, b.data.len(), b.last));
+    fn write_block(
+        &mut self,
+        _: &mut Ctx<'_>,
+        _: u16,
+        _: u16,
+        b: &BlockWrite<'_>,
+    ) -> Result<(), Error> {
+        self.probe
+            .lock()
+            .expect("probe")
+            .firmware
+            .push((b.offset, b.data.len(), b.last));
         Ok(())
     }
 }
@@ -119,9 +134,18 @@ impl Object for TestFirmware {
 /// A registration-interface event seen by the server.
 #[derive(Debug, Clone, PartialEq)]
 enum Rd {
-    Register { at: Duration, query: Vec<String>, links: String },
-    Update { at: Duration, query: Vec<String> },
-    Deregister { at: Duration },
+    Register {
+        at: Duration,
+        query: Vec<String>,
+        links: String,
+    },
+    Update {
+        at: Duration,
+        query: Vec<String>,
+    },
+    Deregister {
+        at: Duration,
+    },
 }
 
 /// The LwM2M server side: registration handling plus requests the test sends.
@@ -176,13 +200,30 @@ fn account(lifetime: u32) -> ServerAccount {
 impl World {
     fn new(seed: u64, lifetime: u32, link: LinkConfig) -> Self {
         let origin = Instant::now();
-        let probe = Arc::new(Mutex::new(Probe { battery: 50, ..Probe::default() }));
+        let probe = Arc::new(Mutex::new(Probe {
+            battery: 50,
+            ..Probe::default()
+        }));
         let mut reg = Registry::new();
-        reg.insert(Box::new(Security::new(vec![SecurityAccount::nosec("coap://server", 1)])));
+        reg.insert(Box::new(Security::new(vec![SecurityAccount::nosec(
+            "coap://server",
+            1,
+        )])));
         reg.insert(Box::new(Server::new(vec![account(lifetime)])));
-        reg.insert(Box::new(TestDevice { probe: Arc::clone(&probe), manufacturer: "Acme".into() }));
-        reg.insert(Box::new(TestFirmware { probe: Arc::clone(&probe) }));
-        let client = Client::new(config(seed), reg, Box::new(VirtualWall(origin)), None, origin);
+        reg.insert(Box::new(TestDevice {
+            probe: Arc::clone(&probe),
+            manufacturer: "Acme".into(),
+        }));
+        reg.insert(Box::new(TestFirmware {
+            probe: Arc::clone(&probe),
+        }));
+        let client = Client::new(
+            config(seed),
+            reg,
+            Box::new(VirtualWall(origin)),
+            None,
+            origin,
+        );
         let server = TestServer {
             endpoint: Endpoint::new(CoapConfig::default(), seed ^ 0x5eed),
             rd: Vec::new(),
@@ -191,7 +232,15 @@ impl World {
             notifications: Vec::new(),
             reject_tokens: Vec::new(),
         };
-        Self { net: SimNet::new(origin, seed, link), origin, client, server, events: Vec::new(), effects: Vec::new(), probe }
+        Self {
+            net: SimNet::new(origin, seed, link),
+            origin,
+            client,
+            server,
+            events: Vec::new(),
+            effects: Vec::new(),
+            probe,
+        }
     }
 
     fn now(&self) -> Instant {
@@ -206,10 +255,14 @@ impl World {
     /// (not beyond `until`). Returns false when nothing is scheduled before `until`.
     fn step(&mut self, until: Instant) -> bool {
         self.flush();
-        let next = [self.net.next_delivery(), self.client.poll_timeout(), self.server.endpoint.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            self.net.next_delivery(),
+            self.client.poll_timeout(),
+            self.server.endpoint.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(t) = next.filter(|t| *t <= until) else {
             self.net.advance_to(until);
             return false;
@@ -226,7 +279,12 @@ impl World {
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
         }
-        if self.server.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+        if self
+            .server
+            .endpoint
+            .poll_timeout()
+            .is_some_and(|t| t <= now)
+        {
             self.server.endpoint.handle_timeout(now);
         }
         self.flush();
@@ -284,7 +342,11 @@ impl World {
     }
 
     fn registrations(&self) -> usize {
-        self.server.rd.iter().filter(|r| matches!(r, Rd::Register { .. })).count()
+        self.server
+            .rd
+            .iter()
+            .filter(|r| matches!(r, Rd::Register { .. }))
+            .count()
     }
 
     /// Sends `msg` from the server and runs until its response arrives.
@@ -310,11 +372,31 @@ impl TestServer {
     }
 
     fn registration(&mut self, now: Instant, at: Duration, id: IncomingId, msg: Message) {
-        let path: Vec<String> = msg.uri_path().unwrap_or_default().into_iter().map(str::to_string).collect();
-        let query: Vec<String> = msg.uri_query().unwrap_or_default().into_iter().map(str::to_string).collect();
-        let reply = match (msg.code, path.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
+        let path: Vec<String> = msg
+            .uri_path()
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let query: Vec<String> = msg
+            .uri_query()
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let reply = match (
+            msg.code,
+            path.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) {
             (Code::POST, ["rd"]) => {
-                self.rd.push(Rd::Register { at, query, links: String::from_utf8_lossy(&msg.payload).into_owned() });
+                self.rd.push(Rd::Register {
+                    at,
+                    query,
+                    links: String::from_utf8_lossy(&msg.payload).into_owned(),
+                });
                 let mut r = Message::response(Code::CREATED);
                 r.add_option(opt::LOCATION_PATH, b"rd".to_vec());
                 r.add_option(opt::LOCATION_PATH, b"c1".to_vec());
@@ -322,7 +404,11 @@ impl TestServer {
             }
             (Code::POST, ["rd", "c1"]) => {
                 self.rd.push(Rd::Update { at, query });
-                Message::response(if self.forget { Code::NOT_FOUND } else { Code::CHANGED })
+                Message::response(if self.forget {
+                    Code::NOT_FOUND
+                } else {
+                    Code::CHANGED
+                })
             }
             (Code::DELETE, ["rd", "c1"]) => {
                 self.rd.push(Rd::Deregister { at });
@@ -338,7 +424,12 @@ impl TestServer {
 }
 
 fn lossy() -> LinkConfig {
-    LinkConfig { loss: 0.25, duplicate: 0.1, delay: Duration::from_millis(40), jitter: Duration::from_millis(60) }
+    LinkConfig {
+        loss: 0.25,
+        duplicate: 0.1,
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(60),
+    }
 }
 
 fn get(path: &str, accept: Option<u16>) -> Message {
@@ -353,12 +444,24 @@ fn get(path: &str, accept: Option<u16>) -> Message {
 #[test]
 fn registers_over_a_lossy_network_with_the_right_parameters() {
     let mut w = World::new(1, 300, lossy());
-    assert!(w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state == "registered"));
-    let Some(Rd::Register { query, links, .. }) = w.server.rd.first().cloned() else { panic!("no register") };
+    assert!(
+        w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state
+            == "registered")
+    );
+    let Some(Rd::Register { query, links, .. }) = w.server.rd.first().cloned() else {
+        panic!("no register")
+    };
     assert_eq!(query, ["ep=urn:dev:sim", "lt=300", "lwm2m=1.1", "b=U"]);
-    assert_eq!(links, r#"</>;ct="60 110 112 11542",</1>;ver=1.2,</1/0>,</3>;ver=1.2,</3/0>,</5>;ver=1.2,</5/0>"#);
+    assert_eq!(
+        links,
+        r#"</>;ct="60 110 112 11542",</1>;ver=1.2,</1/0>,</3>;ver=1.2,</3/0>,</5>;ver=1.2,</5/0>"#
+    );
     // Duplicated and retransmitted Registers may reach the server, but the client ends registered once.
-    let registered = w.events.iter().filter(|(_, e)| matches!(e, Event::Registered { .. })).count();
+    let registered = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Registered { .. }))
+        .count();
     assert_eq!(registered, 1);
 }
 
@@ -371,7 +474,11 @@ fn updates_keep_the_registration_alive_for_hours() {
     for r in &w.server.rd {
         match r {
             Rd::Register { at, .. } | Rd::Update { at, .. } => {
-                assert!(*at - last <= Duration::from_secs(60), "gap {:?} exceeds the lifetime at {at:?}", *at - last);
+                assert!(
+                    *at - last <= Duration::from_secs(60),
+                    "gap {:?} exceeds the lifetime at {at:?}",
+                    *at - last
+                );
                 last = *at;
                 if matches!(r, Rd::Update { .. }) {
                     updates += 1;
@@ -382,12 +489,24 @@ fn updates_keep_the_registration_alive_for_hours() {
     }
     // One Update every 30 s (lifetime 60 leaves 30 s for retransmissions) for 4 hours.
     assert!((470..=500).contains(&updates), "{updates} updates");
-    assert!(w.server.rd.iter().all(|r| !matches!(r, Rd::Update { query, .. } if !query.is_empty())));
+    assert!(
+        w.server
+            .rd
+            .iter()
+            .all(|r| !matches!(r, Rd::Update { query, .. } if !query.is_empty()))
+    );
 }
 
 #[test]
 fn an_unreachable_server_gets_exponential_backoff_with_jitter_then_registration() {
-    let mut w = World::new(3, 300, LinkConfig { loss: 1.0, ..LinkConfig::default() });
+    let mut w = World::new(
+        3,
+        300,
+        LinkConfig {
+            loss: 1.0,
+            ..LinkConfig::default()
+        },
+    );
     w.run_for(Duration::from_secs(3 * 3600));
     let retries: Vec<Duration> = w
         .events
@@ -401,11 +520,28 @@ fn an_unreachable_server_gets_exponential_backoff_with_jitter_then_registration(
     for (n, d) in retries.iter().enumerate() {
         let nominal = (10u64 << n.min(20)).min(600);
         let d = d.as_millis() as u64;
-        assert!(d >= nominal * 500 && d <= nominal * 1000, "attempt {n}: {d} ms for nominal {nominal} s");
+        assert!(
+            d >= nominal * 500 && d <= nominal * 1000,
+            "attempt {n}: {d} ms for nominal {nominal} s"
+        );
     }
-    assert!(retries.iter().rev().take(3).all(|d| *d <= Duration::from_secs(600)), "capped at retry_max");
+    assert!(
+        retries
+            .iter()
+            .rev()
+            .take(3)
+            .all(|d| *d <= Duration::from_secs(600)),
+        "capped at retry_max"
+    );
     // Two devices with different seeds do not retry in step.
-    let mut other = World::new(4, 300, LinkConfig { loss: 1.0, ..LinkConfig::default() });
+    let mut other = World::new(
+        4,
+        300,
+        LinkConfig {
+            loss: 1.0,
+            ..LinkConfig::default()
+        },
+    );
     other.run_for(Duration::from_secs(3600));
     let first_other: Vec<Duration> = other
         .events
@@ -419,7 +555,10 @@ fn an_unreachable_server_gets_exponential_backoff_with_jitter_then_registration(
     // The network heals: the next attempt succeeds.
     w.net.set_link(CLIENT, SERVER, LinkConfig::default());
     w.net.set_link(SERVER, CLIENT, LinkConfig::default());
-    assert!(w.run_until(Duration::from_secs(700), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(700), |w| w.client.status()[0].state
+            == "registered")
+    );
 }
 
 #[test]
@@ -435,39 +574,72 @@ fn a_forgotten_registration_is_renewed() {
 
 #[test]
 fn duplicated_requests_execute_once() {
-    let mut w = World::new(6, 300, LinkConfig { duplicate: 1.0, ..LinkConfig::default() });
-    assert!(w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state == "registered"));
+    let mut w = World::new(
+        6,
+        300,
+        LinkConfig {
+            duplicate: 1.0,
+            ..LinkConfig::default()
+        },
+    );
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
     let mut exec = Message::request(Code::POST);
     exec.set_uri_path("/3/0/4");
     let resp = w.request(exec, Duration::from_secs(30)).expect("answer");
     assert_eq!(resp.code, Code::CHANGED);
     w.run_for(Duration::from_secs(10));
-    assert_eq!(w.probe.lock().expect("probe").reboots, 1, "every datagram was duplicated");
-    assert_eq!(w.effects.iter().filter(|e| **e == Effect::Reboot).count(), 1);
+    assert_eq!(
+        w.probe.lock().expect("probe").reboots,
+        1,
+        "every datagram was duplicated"
+    );
+    assert_eq!(
+        w.effects.iter().filter(|e| **e == Effect::Reboot).count(),
+        1
+    );
 }
 
 #[test]
 fn a_large_read_arrives_in_blocks_over_a_lossy_network() {
     let mut w = World::new(7, 300, lossy());
-    assert!(w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state
+            == "registered")
+    );
     // Swap in a Device whose manufacturer string needs many blocks.
-    let big: String = (0..6000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let big: String = (0..6000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let mut reg_probe = Arc::clone(&w.probe);
     let _ = &mut reg_probe;
     w.client = {
         let origin = w.origin;
         let mut reg = Registry::new();
-        reg.insert(Box::new(Security::new(vec![SecurityAccount::nosec("coap://server", 1)])));
+        reg.insert(Box::new(Security::new(vec![SecurityAccount::nosec(
+            "coap://server",
+            1,
+        )])));
         reg.insert(Box::new(Server::new(vec![account(300)])));
-        reg.insert(Box::new(TestDevice { probe: Arc::clone(&w.probe), manufacturer: big.clone() }));
+        reg.insert(Box::new(TestDevice {
+            probe: Arc::clone(&w.probe),
+            manufacturer: big.clone(),
+        }));
         Client::new(config(7), reg, Box::new(VirtualWall(origin)), None, w.now())
     };
-    assert!(w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state
+            == "registered")
+    );
     let mut dl = Block2Download::new(4); // ask for 256-byte blocks
     let template = get("/3/0/0", Some(cf::TEXT));
     let mut body = Vec::new();
     loop {
-        let resp = w.request(dl.next_request(&template), Duration::from_secs(300)).expect("block");
+        let resp = w
+            .request(dl.next_request(&template), Duration::from_secs(300))
+            .expect("block");
         assert_eq!(resp.code, Code::CONTENT);
         let chunk = dl.on_response(&resp).expect("consistent block");
         assert_eq!(chunk.offset, body.len() as u64);
@@ -482,7 +654,10 @@ fn a_large_read_arrives_in_blocks_over_a_lossy_network() {
 #[test]
 fn a_large_write_streams_into_the_object_block_by_block() {
     let mut w = World::new(8, 300, lossy());
-    assert!(w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state
+            == "registered")
+    );
     let image: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let size = 512usize;
     for (num, chunk) in image.chunks(size).enumerate() {
@@ -490,44 +665,73 @@ fn a_large_write_streams_into_the_object_block_by_block() {
         let mut m = Message::request(Code::PUT);
         m.set_uri_path("/5/0/0");
         m.set_uint_option(opt::CONTENT_FORMAT, u64::from(cf::OPAQUE));
-        m.set_option(opt::BLOCK1, BlockOpt::new(num as u32, more, 5).encode().expect("block"));
+        m.set_option(
+            opt::BLOCK1,
+            BlockOpt::new(num as u32, more, 5).encode().expect("block"),
+        );
         if num == 0 {
             m.set_uint_option(opt::SIZE1, image.len() as u64);
         }
         m.payload = chunk.to_vec();
         // A new token for every block: a server may do that (RFC 7959 §2.3).
         let resp = w.request(m, Duration::from_secs(300)).expect("answer");
-        assert_eq!(resp.code, if more { Code::CONTINUE } else { Code::CHANGED }, "block {num}");
+        assert_eq!(
+            resp.code,
+            if more { Code::CONTINUE } else { Code::CHANGED },
+            "block {num}"
+        );
     }
     let firmware = w.probe.lock().expect("probe").firmware.clone();
     let offsets: Vec<u64> = firmware.iter().map(|(o, _, _)| *o).collect();
-    let expected: Vec<u64> = (0..image.len().div_ceil(size)).map(|n| (n * size) as u64).collect();
+    let expected: Vec<u64> = (0..image.len().div_ceil(size))
+        .map(|n| (n * size) as u64)
+        .collect();
     assert_eq!(offsets, expected, "each block written once, in order");
-    assert_eq!(firmware.iter().map(|(_, n, _)| n).sum::<usize>(), image.len());
+    assert_eq!(
+        firmware.iter().map(|(_, n, _)| n).sum::<usize>(),
+        image.len()
+    );
     assert!(firmware.last().is_some_and(|(_, _, last)| *last));
 }
 
 #[test]
 fn a_block1_transfer_out_of_order_gets_4_08() {
     let mut w = World::new(9, 300, LinkConfig::default());
-    assert!(w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
     let mut m = Message::request(Code::PUT);
     m.set_uri_path("/5/0/0");
     m.set_uint_option(opt::CONTENT_FORMAT, u64::from(cf::OPAQUE));
-    m.set_option(opt::BLOCK1, BlockOpt::new(3, true, 5).encode().expect("block"));
+    m.set_option(
+        opt::BLOCK1,
+        BlockOpt::new(3, true, 5).encode().expect("block"),
+    );
     m.payload = vec![0; 512];
-    assert_eq!(w.request(m, Duration::from_secs(30)).expect("answer").code, Code::REQUEST_ENTITY_INCOMPLETE);
+    assert_eq!(
+        w.request(m, Duration::from_secs(30)).expect("answer").code,
+        Code::REQUEST_ENTITY_INCOMPLETE
+    );
 }
 
 #[test]
 fn observations_follow_pmin_and_pmax_and_stop_on_reset() {
     let mut w = World::new(10, 3600, LinkConfig::default());
-    assert!(w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
     let mut attrs = Message::request(Code::PUT);
     attrs.set_uri_path("/3/0/9");
     attrs.add_option(opt::URI_QUERY, b"pmin=2".to_vec());
     attrs.add_option(opt::URI_QUERY, b"pmax=10".to_vec());
-    assert_eq!(w.request(attrs, Duration::from_secs(10)).expect("answer").code, Code::CHANGED);
+    assert_eq!(
+        w.request(attrs, Duration::from_secs(10))
+            .expect("answer")
+            .code,
+        Code::CHANGED
+    );
     let mut obs = get("/3/0/9", None);
     obs.set_uint_option(opt::OBSERVE, 0);
     obs.token = b"obs-9".to_vec();
@@ -548,7 +752,11 @@ fn observations_follow_pmin_and_pmax_and_stop_on_reset() {
     }
     let fast = notification_times(&w, t0);
     assert!(fast.len() >= 4 && fast.len() <= 6, "{fast:?}");
-    assert!(fast.windows(2).all(|p| p[1] - p[0] >= Duration::from_secs(2)), "{fast:?}");
+    assert!(
+        fast.windows(2)
+            .all(|p| p[1] - p[0] >= Duration::from_secs(2)),
+        "{fast:?}"
+    );
 }
 
 fn notification_times(w: &World, since: Duration) -> Vec<Duration> {
@@ -559,10 +767,20 @@ fn notification_times(w: &World, since: Duration) -> Vec<Duration> {
 #[test]
 fn shutdown_deregisters_and_reports_stopped() {
     let mut w = World::new(11, 300, lossy());
-    assert!(w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(120), |w| w.client.status()[0].state
+            == "registered")
+    );
     w.client.handle_command(w.now(), Command::Shutdown);
-    assert!(w.run_until(Duration::from_secs(120), |w| w.events.iter().any(|(_, e)| *e == Event::Stopped)));
-    assert!(w.server.rd.iter().any(|r| matches!(r, Rd::Deregister { .. })));
+    assert!(w.run_until(Duration::from_secs(120), |w| {
+        w.events.iter().any(|(_, e)| *e == Event::Stopped)
+    }));
+    assert!(
+        w.server
+            .rd
+            .iter()
+            .any(|r| matches!(r, Rd::Deregister { .. }))
+    );
     assert!(w.client.is_stopped());
 }
 
@@ -572,13 +790,29 @@ fn disable_deregisters_stays_silent_then_registers_again() {
     assert!(w.run_until(Duration::from_secs(30), |w| w.registrations() == 1));
     let mut disable = Message::request(Code::POST);
     disable.set_uri_path("/1/0/4");
-    assert_eq!(w.request(disable, Duration::from_secs(10)).expect("answer").code, Code::CHANGED);
-    assert!(w.run_until(Duration::from_secs(30), |w| w.server.rd.iter().any(|r| matches!(r, Rd::Deregister { .. }))));
+    assert_eq!(
+        w.request(disable, Duration::from_secs(10))
+            .expect("answer")
+            .code,
+        Code::CHANGED
+    );
+    assert!(w.run_until(Duration::from_secs(30), |w| {
+        w.server
+            .rd
+            .iter()
+            .any(|r| matches!(r, Rd::Deregister { .. }))
+    }));
     let deregistered_at = w.elapsed();
     assert!(w.run_until(Duration::from_secs(200), |w| w.registrations() == 2));
-    let Some(Rd::Register { at, .. }) = w.server.rd.last().cloned() else { panic!("register") };
+    let Some(Rd::Register { at, .. }) = w.server.rd.last().cloned() else {
+        panic!("register")
+    };
     // Disable Timeout is 120 s in this configuration.
-    assert!(at - deregistered_at >= Duration::from_secs(119), "re-registered after {:?}", at - deregistered_at);
+    assert!(
+        at - deregistered_at >= Duration::from_secs(119),
+        "re-registered after {:?}",
+        at - deregistered_at
+    );
 }
 
 #[test]
@@ -594,30 +828,51 @@ fn the_same_seed_gives_the_same_run() {
 #[test]
 fn an_idle_registered_client_sleeps_until_its_update() {
     let mut w = World::new(13, 86400, LinkConfig::default());
-    assert!(w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
     w.run_for(Duration::from_secs(300)); // let CoAP exchange state age out
     let next = w.client.poll_timeout().expect("the update timer");
-    assert!(next - w.now() > Duration::from_secs(70_000), "next wake-up in {:?}", next - w.now());
+    assert!(
+        next - w.now() > Duration::from_secs(70_000),
+        "next wake-up in {:?}",
+        next - w.now()
+    );
 }
 
 #[test]
 fn reads_decode_identically_in_every_format() {
     let mut w = World::new(14, 300, LinkConfig::default());
-    assert!(w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state == "registered"));
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
     let base = Path::instance(3, 0);
     let mut seen = Vec::new();
     for format in [cf::TLV, cf::SENML_JSON, cf::SENML_CBOR] {
-        let resp = w.request(get("/3/0", Some(format)), Duration::from_secs(10)).expect("answer");
+        let resp = w
+            .request(get("/3/0", Some(format)), Duration::from_secs(10))
+            .expect("answer");
         assert_eq!(resp.content_format(), Ok(Some(format)));
-        let mut d = content::decode(format, &base, &resp.payload, &NewestModel).expect("decodes").records;
+        let mut d = content::decode(format, &base, &resp.payload, &NewestModel)
+            .expect("decodes")
+            .records;
         // Current Time moves with the clock; compare the rest.
         d.retain(|r| r.path != Path::resource(3, 0, 13));
         seen.push(d);
     }
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[1], seen[2]);
-    let default = w.request(get("/3/0", None), Duration::from_secs(10)).expect("answer");
+    let default = w
+        .request(get("/3/0", None), Duration::from_secs(10))
+        .expect("answer");
     assert_eq!(default.content_format(), Ok(Some(cf::SENML_CBOR)));
-    let single = w.request(get("/3/0/0", None), Duration::from_secs(10)).expect("answer");
-    assert_eq!((single.content_format(), single.payload.as_slice()), (Ok(Some(cf::TEXT)), &b"Acme"[..]));
+    let single = w
+        .request(get("/3/0/0", None), Duration::from_secs(10))
+        .expect("answer");
+    assert_eq!(
+        (single.content_format(), single.payload.as_slice()),
+        (Ok(Some(cf::TEXT)), &b"Acme"[..])
+    );
 }

@@ -341,6 +341,13 @@ pub struct InterfacePattern {
     prefix: bool,
 }
 
+/// Prints the pattern as written in the configuration (`veth*`).
+impl std::fmt::Display for InterfacePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name, if self.prefix { "*" } else { "" })
+    }
+}
+
 impl InterfacePattern {
     /// `None` unless `pattern` is 1 to 15 characters of an interface name (no `/`, whitespace
     /// or `*`), optionally followed by one `*`. A lone `*` matches every interface.

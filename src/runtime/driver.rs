@@ -72,7 +72,8 @@ pub async fn drive(
     mut client: Client,
     executor: Arc<dyn Executor>,
     persister: Box<dyn Persister>,
-    supervisor: &dyn Supervisor,
+    supervisor: &(dyn Supervisor + Sync),
+    mut commands: mpsc::Receiver<Command>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DriveError> {
     let (tx, mut rx) = mpsc::channel::<Input>(256);
@@ -148,6 +149,7 @@ pub async fn drive(
                 client.handle_command(Instant::now(), Command::Shutdown);
             }
             Some(d) = dgram_rx.recv() => client.handle_datagram(Instant::now(), d.peer, &d.data),
+            Some(command) = commands.recv() => client.handle_command(Instant::now(), command),
             Some(input) = rx.recv() => match input {
                 Input::Opened(peer, Ok(socket)) => {
                     log::info!("server {}: using {}", peer.0, socket.remote());

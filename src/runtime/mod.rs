@@ -3,4 +3,85 @@
 pub mod driver;
 pub mod notify;
 pub mod power;
+pub mod setup;
 pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::core::client::Client;
+use crate::persist::Store;
+
+/// The name of the core's state document in the state directory.
+const CORE_STATE: &str = "core";
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The state directory could not be opened or read.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
+    /// systemd could not be notified (a malformed NOTIFY_SOCKET).
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
+    /// The OS random number generator failed.
+    #[error("cannot seed the random number generator: {0}")]
+    Random(String),
+    /// The main loop failed.
+    #[error(transparent)]
+    Drive(#[from] driver::DriveError),
+}
+
+/// Runs the daemon until `shutdown` resolves, then de-registers and returns.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    log::info!(
+        "lwm2md {} starting as {:?} with {} server(s)",
+        env!("CARGO_PKG_VERSION"),
+        settings.agent.endpoint,
+        settings.servers.len()
+    );
+    let store = Store::open(&settings.agent.state_dir)?;
+    let state = store.load(CORE_STATE)?;
+    let seed = setup::random_seed().map_err(RunError::Random)?;
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(16);
+    let net = setup::host_net(&settings, commands_tx).await;
+    let registry = setup::registry(&settings, net);
+    let config = setup::client_config(&settings, seed);
+    let client = Client::new(
+        config,
+        registry,
+        Box::new(setup::SystemClock),
+        state,
+        Instant::now(),
+    );
+    let notifier = notify::Notifier::from_env()?;
+    let executor = Arc::new(setup::HostExecutor::new(settings.device.clone()));
+    let persister = Box::new(setup::StorePersister::new(store, CORE_STATE));
+    driver::drive(client, executor, persister, &notifier, commands, shutdown).await?;
+    log::info!("lwm2md stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (the daemon's orderly stop).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM received"),
+                _ = int.recv() => log::info!("SIGINT received"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            // Without signal handlers we can only stop on Ctrl-C through tokio's fallback.
+            log::error!("cannot install signal handlers: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

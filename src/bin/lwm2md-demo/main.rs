@@ -30,19 +30,39 @@ fn show(label: &str, text: &str) {
 
 /// Decodes a payload with lwm2md's codecs into `path = value` lines.
 fn values(format: u16, base: &str, payload: &[u8]) -> String {
-    let Ok(base) = Path::parse(base) else { return String::new() };
+    let Ok(base) = Path::parse(base) else {
+        return String::new();
+    };
     match content::decode(format, &base, payload, &NewestModel) {
-        Ok(d) => d.records.iter().map(|r| format!("{} = {}", r.path, r.value)).collect::<Vec<_>>().join("\n"),
+        Ok(d) => d
+            .records
+            .iter()
+            .map(|r| format!("{} = {}", r.path, r.value))
+            .collect::<Vec<_>>()
+            .join("\n"),
         Err(e) => format!("(could not decode: {e})"),
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.chunks(16).map(|c| c.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+    bytes
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn expect_ok(server: &mut DemoServer, msg: Message, what: &str) -> anyhow::Result<Message> {
-    let resp = server.request(msg).await.map_err(anyhow::Error::msg).with_context(|| what.to_string())?;
+    let resp = server
+        .request(msg)
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(|| what.to_string())?;
     if !resp.code.is_success() {
         bail!("{what}: the agent answered {}", resp.code);
     }
@@ -52,7 +72,11 @@ async fn expect_ok(server: &mut DemoServer, msg: Message, what: &str) -> anyhow:
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let verbose = std::env::args().any(|a| a == "--verbose" || a == "-v");
-    lwm2md::logging::init_stderr(if verbose { log::LevelFilter::Info } else { log::LevelFilter::Warn });
+    let _ = lwm2md::logging::init(if verbose {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    });
 
     let state_dir = std::env::temp_dir().join(format!("lwm2md-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir).context("creating the demo state directory")?;
@@ -62,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut server = DemoServer::start().await.context("starting the demo LwM2M server")?;
+    let mut server = DemoServer::start()
+        .await
+        .context("starting the demo LwM2M server")?;
     let port = server.port();
     say(
         "1. A LwM2M server",
@@ -78,8 +104,9 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
          [device]\nmanufacturer = \"Demo Gateways Ltd\"\nmodel = \"EDGE-1\"\nreboot_command = [\"/bin/true\"]\n",
         state = state_dir.display().to_string()
     );
-    let settings = lwm2md::config::Settings::from_toml(&config, &lwm2md::config::Environment::system())
-        .context("the demo configuration is invalid")?;
+    let settings =
+        lwm2md::config::Settings::from_toml(&config, &lwm2md::config::Environment::system())
+            .context("the demo configuration is invalid")?;
     say(
         "2. The agent",
         &format!(
@@ -118,7 +145,10 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
         "The server reads /3/0 (Device) as SenML JSON, a format made for values with names:",
     );
     let resp = expect_ok(&mut server, get("/3/0", Some(cf::SENML_JSON)), "read /3/0").await?;
-    show("payload", &String::from_utf8_lossy(&resp.payload).replace("},{", "},\n{"));
+    show(
+        "payload",
+        &String::from_utf8_lossy(&resp.payload).replace("},{", "},\n{"),
+    );
 
     let resp = expect_ok(&mut server, get("/3/0/0", None), "read /3/0/0").await?;
     say(
@@ -146,12 +176,20 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
     );
     show("decoded", &values(cf::SENML_CBOR, "/4/0", &resp.payload));
 
-    let resp = expect_ok(&mut server, get("/3/0", Some(cf::LINK_FORMAT)), "discover /3/0").await?;
+    let resp = expect_ok(
+        &mut server,
+        get("/3/0", Some(cf::LINK_FORMAT)),
+        "discover /3/0",
+    )
+    .await?;
     say(
         "8. Discover",
         "Discover lists the resources an instance has (dim= counts the instances of a multi-instance resource):",
     );
-    show("links", &String::from_utf8_lossy(&resp.payload).replace(",<", ",\n<"));
+    show(
+        "links",
+        &String::from_utf8_lossy(&resp.payload).replace(",<", ",\n<"),
+    );
 
     // A write that changes the registration.
     let mut write = Message::request(Code::PUT);
@@ -175,26 +213,48 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
     attrs.add_option(opt::URI_QUERY, b"pmin=1".to_vec());
     attrs.add_option(opt::URI_QUERY, b"pmax=2".to_vec());
     expect_ok(&mut server, attrs, "write-attributes").await?;
-    let (first, token) = server.observe("/3/0/13", None).await.map_err(anyhow::Error::msg)?;
+    let (first, token) = server
+        .observe("/3/0/13", None)
+        .await
+        .map_err(anyhow::Error::msg)?;
     say(
         "10. Observing the device clock",
         "The server sets pmin=1 pmax=2 on /3/0/13 (Current Time) and observes it: the agent must\n\
          report at least every 2 s and at most every 1 s. Notifications as they arrive:",
     );
-    show("first answer", &format!("Observe={} value={}", first.observe().ok().flatten().unwrap_or(0), String::from_utf8_lossy(&first.payload)));
+    show(
+        "first answer",
+        &format!(
+            "Observe={} value={}",
+            first.observe().ok().flatten().unwrap_or(0),
+            String::from_utf8_lossy(&first.payload)
+        ),
+    );
     let t0 = Instant::now();
     for _ in 0..3 {
         match server.next_event(WAIT).await {
-            Some(ServerEvent::Notification { observe, payload, .. }) => show(
+            Some(ServerEvent::Notification {
+                observe, payload, ..
+            }) => show(
                 "notification",
-                &format!("after {:.1} s: Observe={observe} value={}", t0.elapsed().as_secs_f32(), String::from_utf8_lossy(&payload)),
+                &format!(
+                    "after {:.1} s: Observe={observe} value={}",
+                    t0.elapsed().as_secs_f32(),
+                    String::from_utf8_lossy(&payload)
+                ),
             ),
             other => bail!("expected a notification, got {other:?}"),
         }
     }
     expect_ok(&mut server, get("/3/0/13", None), "read before cancel").await?;
-    server.cancel("/3/0/13", token).await.map_err(anyhow::Error::msg)?;
-    say("11. Cancel", "The server cancels the observation (GET with Observe=1): notifications stop.");
+    server
+        .cancel("/3/0/13", token)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    say(
+        "11. Cancel",
+        "The server cancels the observation (GET with Observe=1): notifications stop.",
+    );
 
     // Clean shutdown.
     let _ = stop_tx.send(());
@@ -203,7 +263,10 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
         Some(ServerEvent::Deregistered) => {}
         Some(ServerEvent::Notification { .. }) => {
             // A notification may have been in flight when we cancelled; the De-register follows.
-            if !matches!(server.next_event(WAIT).await, Some(ServerEvent::Deregistered)) {
+            if !matches!(
+                server.next_event(WAIT).await,
+                Some(ServerEvent::Deregistered)
+            ) {
                 bail!("no de-registration");
             }
         }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Something the client did on its own initiative.
 #[derive(Debug)]
-pub enum ServerEvent {
+pub(crate) enum ServerEvent {
     /// POST /rd.
     Registered {
         /// Uri-Query items (`ep=…`, `lt=…`).
@@ -34,8 +34,6 @@ pub enum ServerEvent {
     Notification {
         /// Its Observe value.
         observe: u64,
-        /// Content-Format.
-        format: Option<u16>,
         /// The payload.
         payload: Vec<u8>,
     },
@@ -49,7 +47,7 @@ struct Shared {
 }
 
 /// The demo server.
-pub struct DemoServer {
+pub(crate) struct DemoServer {
     socket: Arc<UdpSocket>,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::Receiver<ServerEvent>,
@@ -59,37 +57,50 @@ pub struct DemoServer {
 
 impl DemoServer {
     /// Binds to an ephemeral port on loopback and starts serving.
-    pub async fn start() -> std::io::Result<Self> {
+    pub(crate) async fn start() -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, events) = mpsc::channel(64);
         tokio::spawn(serve(Arc::clone(&socket), Arc::clone(&shared), tx));
-        Ok(Self { socket, shared, events, next_mid: 0x4000, next_token: 0x00de_0000 })
+        Ok(Self {
+            socket,
+            shared,
+            events,
+            next_mid: 0x4000,
+            next_token: 0x00de_0000,
+        })
     }
 
     /// The port we listen on.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     /// The next thing the client did, if it happens within `within`.
-    pub async fn next_event(&mut self, within: Duration) -> Option<ServerEvent> {
-        tokio::time::timeout(within, self.events.recv()).await.ok().flatten()
+    pub(crate) async fn next_event(&mut self, within: Duration) -> Option<ServerEvent> {
+        tokio::time::timeout(within, self.events.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Sends `msg` to the registered client as a confirmable request and returns the complete
     /// response (following Block2 blocks if the answer is large).
-    pub async fn request(&mut self, mut msg: Message) -> Result<Message, String> {
+    pub(crate) async fn request(&mut self, mut msg: Message) -> Result<Message, String> {
         let mut body = Vec::new();
         let mut num = 0u32;
         loop {
             let resp = self.exchange(msg.clone()).await?;
-            let block = resp.option(opt::BLOCK2).and_then(|b| BlockOpt::decode(b).ok());
+            let block = resp
+                .option(opt::BLOCK2)
+                .and_then(|b| BlockOpt::decode(b).ok());
             body.extend_from_slice(&resp.payload);
             match block {
                 Some(b) if b.more => {
                     num += 1;
-                    let next = BlockOpt::new(num, false, b.szx).encode().map_err(|e| e.to_string())?;
+                    let next = BlockOpt::new(num, false, b.szx)
+                        .encode()
+                        .map_err(|e| e.to_string())?;
                     msg.set_option(opt::BLOCK2, next);
                     msg.remove_option(opt::OBSERVE);
                 }
@@ -103,7 +114,11 @@ impl DemoServer {
     }
 
     /// Starts an observation of `path`; notifications arrive as `ServerEvent::Notification`.
-    pub async fn observe(&mut self, path: &str, accept: Option<u16>) -> Result<(Message, Vec<u8>), String> {
+    pub(crate) async fn observe(
+        &mut self,
+        path: &str,
+        accept: Option<u16>,
+    ) -> Result<(Message, Vec<u8>), String> {
         let mut msg = get(path, accept);
         msg.set_uint_option(opt::OBSERVE, 0);
         let token = self.token();
@@ -116,7 +131,7 @@ impl DemoServer {
     }
 
     /// Cancels an observation with a GET carrying Observe = 1 and the same token.
-    pub async fn cancel(&mut self, path: &str, token: Vec<u8>) -> Result<Message, String> {
+    pub(crate) async fn cancel(&mut self, path: &str, token: Vec<u8>) -> Result<Message, String> {
         if let Ok(mut s) = self.shared.lock() {
             s.observations.retain(|t| *t != token);
         }
@@ -133,7 +148,12 @@ impl DemoServer {
 
     /// One CON exchange with RFC 7252 retransmission (2 s, doubling, 4 retries).
     async fn exchange(&mut self, mut msg: Message) -> Result<Message, String> {
-        let client = self.shared.lock().ok().and_then(|s| s.client).ok_or("no client registered")?;
+        let client = self
+            .shared
+            .lock()
+            .ok()
+            .and_then(|s| s.client)
+            .ok_or("no client registered")?;
         self.next_mid = self.next_mid.wrapping_add(1);
         msg.mid = self.next_mid;
         msg.mtype = MsgType::Con;
@@ -147,7 +167,10 @@ impl DemoServer {
         let bytes = codec::encode(&msg).map_err(|e| e.to_string())?;
         let mut wait = Duration::from_secs(2);
         for _ in 0..5 {
-            self.socket.send_to(&bytes, client).await.map_err(|e| e.to_string())?;
+            self.socket
+                .send_to(&bytes, client)
+                .await
+                .map_err(|e| e.to_string())?;
             match tokio::time::timeout(wait, &mut rx).await {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(_)) => return Err("server task stopped".into()),
@@ -159,7 +182,7 @@ impl DemoServer {
 }
 
 /// A GET for `path` with an optional Accept.
-pub fn get(path: &str, accept: Option<u16>) -> Message {
+pub(crate) fn get(path: &str, accept: Option<u16>) -> Message {
     let mut msg = Message::request(Code::GET);
     msg.set_uri_path(path);
     if let Some(a) = accept {
@@ -168,11 +191,19 @@ pub fn get(path: &str, accept: Option<u16>) -> Message {
     msg
 }
 
-async fn serve(socket: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, events: mpsc::Sender<ServerEvent>) {
+async fn serve(
+    socket: Arc<UdpSocket>,
+    shared: Arc<Mutex<Shared>>,
+    events: mpsc::Sender<ServerEvent>,
+) {
     let mut buf = vec![0u8; 65_535];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
-        let Ok(msg) = codec::decode(&buf[..n]) else { continue };
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(msg) = codec::decode(&buf[..n]) else {
+            continue;
+        };
         if msg.code.is_request() {
             let (reply, event) = registration(&msg);
             if matches!(event, Some(ServerEvent::Registered { .. })) {
@@ -200,7 +231,10 @@ async fn serve(socket: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, events: mpsc:
             continue;
         }
         let (waiter, observed) = match shared.lock() {
-            Ok(mut s) => (s.pending.remove(&msg.token), s.observations.contains(&msg.token)),
+            Ok(mut s) => (
+                s.pending.remove(&msg.token),
+                s.observations.contains(&msg.token),
+            ),
             Err(_) => continue,
         };
         match waiter {
@@ -209,8 +243,12 @@ async fn serve(socket: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, events: mpsc:
             }
             None if observed => {
                 let observe = msg.observe().ok().flatten().map_or(0, u64::from);
-                let format = msg.content_format().ok().flatten();
-                let _ = events.send(ServerEvent::Notification { observe, format, payload: msg.payload }).await;
+                let _ = events
+                    .send(ServerEvent::Notification {
+                        observe,
+                        payload: msg.payload,
+                    })
+                    .await;
             }
             None => {}
         }
@@ -220,17 +258,35 @@ async fn serve(socket: Arc<UdpSocket>, shared: Arc<Mutex<Shared>>, events: mpsc:
 /// Handles the registration interface; returns the piggy-backed answer and the event.
 fn registration(msg: &Message) -> (Message, Option<ServerEvent>) {
     let path = msg.uri_path().unwrap_or_default();
-    let query: Vec<String> = msg.uri_query().unwrap_or_default().into_iter().map(str::to_string).collect();
+    let query: Vec<String> = msg
+        .uri_query()
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let (code, event, location) = match (msg.code, path.as_slice()) {
         (Code::POST, ["rd"]) => {
             let links = String::from_utf8_lossy(&msg.payload).into_owned();
-            (Code::CREATED, Some(ServerEvent::Registered { query, links }), true)
+            (
+                Code::CREATED,
+                Some(ServerEvent::Registered { query, links }),
+                true,
+            )
         }
-        (Code::POST, ["rd", "demo"]) => (Code::CHANGED, Some(ServerEvent::Updated { query }), false),
+        (Code::POST, ["rd", "demo"]) => {
+            (Code::CHANGED, Some(ServerEvent::Updated { query }), false)
+        }
         (Code::DELETE, ["rd", "demo"]) => (Code::DELETED, Some(ServerEvent::Deregistered), false),
         _ => (Code::NOT_FOUND, None, false),
     };
-    let mut reply = Message::new(if msg.mtype == MsgType::Con { MsgType::Ack } else { MsgType::Non }, code);
+    let mut reply = Message::new(
+        if msg.mtype == MsgType::Con {
+            MsgType::Ack
+        } else {
+            MsgType::Non
+        },
+        code,
+    );
     reply.mid = msg.mid;
     reply.token = msg.token.clone();
     if location {

@@ -95,6 +95,8 @@ pub enum Command {
     Shutdown,
     /// Send a Registration Update to one server, or to all.
     UpdateRegistration(Option<u16>),
+    /// Host data below this path changed (e.g. the modem): re-evaluate observations of it.
+    ValueChanged(Path),
 }
 
 /// Something the runtime may want to know or act on.
@@ -293,6 +295,7 @@ impl Client {
                     self.request_update(now, ssid);
                 }
             }
+            Command::ValueChanged(path) => self.value_changed(now, &path),
         }
         self.pump(now);
     }

@@ -927,7 +927,10 @@ impl Endpoint {
         if !msg.code.is_success() || !msg.has_option(opt::OBSERVE) {
             self.observing.retain(|t| *t != msg.token);
         }
-        self.events.push_back(EndpointEvent::Notification { token: msg.token.clone(), msg });
+        self.events.push_back(EndpointEvent::Notification {
+            token: msg.token.clone(),
+            msg,
+        });
     }
 
     /// Treats later responses carrying `token` as notifications of an observation we started
