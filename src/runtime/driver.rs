@@ -89,7 +89,19 @@ pub async fn drive(
     supervisor.ready();
 
     loop {
-        // 1. Carry out everything the core produced, in its order: datagrams, effects, events.
+        // 1. Carry out everything the core produced: events first (a Connect must open the link
+        //    before the first datagram to that peer), then datagrams, then effects (after the
+        //    datagrams, so the answer to an Execute leaves before the reboot it causes).
+        let mut stopped = false;
+        while let Some(event) = client.poll_event() {
+            match event {
+                Event::Connect { peer, uri } => open_link(&mut links, peer, uri, &tx, &dgram_tx),
+                Event::Stopped => stopped = true,
+                Event::Registered { ssid } => log::info!("registered with server {ssid}"),
+                Event::Deregistered { ssid } => log::info!("de-registered from server {ssid}"),
+                Event::RegistrationFailed { .. } => {}
+            }
+        }
         while let Some(t) = client.poll_transmit() {
             send(&mut links, t, &mut client).await;
         }
@@ -107,16 +119,6 @@ pub async fn drive(
                         let _ = tx.send(Input::EffectDone(id, outcome)).await;
                     });
                 }
-            }
-        }
-        let mut stopped = false;
-        while let Some(event) = client.poll_event() {
-            match event {
-                Event::Connect { peer, uri } => open_link(&mut links, peer, uri, &tx, &dgram_tx),
-                Event::Stopped => stopped = true,
-                Event::Registered { ssid } => log::info!("registered with server {ssid}"),
-                Event::Deregistered { ssid } => log::info!("de-registered from server {ssid}"),
-                Event::RegistrationFailed { .. } => {}
             }
         }
         let now_status = status_line(&client.status());
