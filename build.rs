@@ -77,10 +77,10 @@ fn parse(text: &str) -> Result<Object, String> {
                 stack.push(name);
             }
             Event::End(_) => {
-                if stack.pop().as_deref() == Some("Item") {
-                    if let Some(res) = current.take() {
-                        object.resources.push(res);
-                    }
+                if stack.pop().as_deref() == Some("Item")
+                    && let Some(res) = current.take()
+                {
+                    object.resources.push(res);
                 }
             }
             Event::Text(t) => {
@@ -163,14 +163,14 @@ fn range(kind: &str, text: &str) -> String {
     let numeric = matches!(kind, "Integer" | "Unsigned Integer");
     let sized = matches!(kind, "String" | "Opaque");
     let bytes = text.trim_end_matches("bytes").trim();
-    if let Some((lo, hi)) = bytes.split_once("..") {
-        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<i64>(), hi.trim().parse::<i64>()) {
-            if numeric {
-                return format!("Range::Int {{ min: {lo}, max: {hi} }}");
-            }
-            if sized {
-                return format!("Range::Len {{ min: {lo}, max: {hi} }}");
-            }
+    if let Some((lo, hi)) = bytes.split_once("..")
+        && let (Ok(lo), Ok(hi)) = (lo.trim().parse::<i64>(), hi.trim().parse::<i64>())
+    {
+        if numeric {
+            return format!("Range::Int {{ min: {lo}, max: {hi} }}");
+        }
+        if sized {
+            return format!("Range::Len {{ min: {lo}, max: {hi} }}");
         }
     }
     if sized {
