@@ -1,3 +1,4 @@
+//! Tests of configuration loading: file/key/reason errors, drop-in merging, CLI overrides.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

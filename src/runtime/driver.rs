@@ -175,14 +175,13 @@ pub async fn drive(
             () = sleep => {
                 let now = Instant::now();
                 client.handle_timeout(now);
-                if let (Some(at), Some(every)) = (next_ping, watchdog) {
-                    if now >= at {
+                if let (Some(at), Some(every)) = (next_ping, watchdog)
+                    && now >= at {
                         // Pinged from the loop itself: a wedged loop stops the pings and systemd
                         // restarts us.
                         supervisor.watchdog();
                         next_ping = Some(now + every);
                     }
-                }
             }
         }
     }

@@ -229,26 +229,26 @@ impl Persister for StorePersister {
 
 impl Supervisor for Notifier {
     fn ready(&self) {
-        if let Err(e) = Notifier::ready(self) {
+        if let Err(e) = Self::ready(self) {
             log::warn!("sd_notify READY: {e}");
         }
     }
     fn status(&self, text: &str) {
-        if let Err(e) = Notifier::status(self, text) {
+        if let Err(e) = Self::status(self, text) {
             log::debug!("sd_notify STATUS: {e}");
         }
     }
     fn watchdog(&self) {
-        if let Err(e) = Notifier::watchdog(self) {
+        if let Err(e) = Self::watchdog(self) {
             log::warn!("sd_notify WATCHDOG: {e}");
         }
     }
     fn stopping(&self) {
-        if let Err(e) = Notifier::stopping(self) {
+        if let Err(e) = Self::stopping(self) {
             log::debug!("sd_notify STOPPING: {e}");
         }
     }
     fn watchdog_interval(&self) -> Option<Duration> {
-        Notifier::watchdog_interval(self)
+        Self::watchdog_interval(self)
     }
 }

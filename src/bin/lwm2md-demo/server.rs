@@ -206,10 +206,10 @@ async fn serve(
         };
         if msg.code.is_request() {
             let (reply, event) = registration(&msg);
-            if matches!(event, Some(ServerEvent::Registered { .. })) {
-                if let Ok(mut s) = shared.lock() {
-                    s.client = Some(from);
-                }
+            if matches!(event, Some(ServerEvent::Registered { .. }))
+                && let Ok(mut s) = shared.lock()
+            {
+                s.client = Some(from);
             }
             if let Ok(bytes) = codec::encode(&reply) {
                 let _ = socket.send_to(&bytes, from).await;

@@ -105,11 +105,11 @@ impl Client {
         let Some(conn) = self.servers.get_mut(&ssid) else {
             return 0;
         };
-        if let Some(old) = conn.observations.remove(&token) {
-            if let Some(id) = old.in_flight {
-                conn.endpoint.cancel(id);
-                conn.exchanges.remove(&id);
-            }
+        if let Some(old) = conn.observations.remove(&token)
+            && let Some(id) = old.in_flight
+        {
+            conn.endpoint.cancel(id);
+            conn.exchanges.remove(&id);
         }
         let seq = ObserveSeq::new(initial);
         log::debug!("server {ssid}: observing {target:?}");

@@ -214,10 +214,10 @@ impl Client {
         let accept = msg.accept()?;
         let requested = block2_of(msg)?;
         // Later blocks come from the snapshot the first block was cut from.
-        if let Some(b) = requested.filter(|b| b.num > 0) {
-            if let Some(cached) = self.cached_body(ssid, path, accept, now) {
-                return self.content_response(now, ssid, path, accept, cached.0, cached.1, Some(b));
-            }
+        if let Some(b) = requested.filter(|b| b.num > 0)
+            && let Some(cached) = self.cached_body(ssid, path, accept, now)
+        {
+            return self.content_response(now, ssid, path, accept, cached.0, cached.1, Some(b));
         }
         let (records, format) = self.render_records(now, ssid, path, accept)?;
         let body = self.encode(format, path, &records)?;
@@ -236,10 +236,10 @@ impl Client {
         if path.is_root() {
             return Err(Error::not_allowed("Read of the root is not allowed"));
         }
-        if let Some(a) = accept {
-            if !content::is_data_format(a) {
-                return Err(Error::NotAcceptable(a));
-            }
+        if let Some(a) = accept
+            && !content::is_data_format(a)
+        {
+            return Err(Error::NotAcceptable(a));
         }
         let (records, out) = self.with_ctx(now, Some(ssid), |reg, ctx| tree::read(reg, ctx, path));
         let records = records?;
@@ -519,7 +519,7 @@ impl Client {
             }
             all
         });
-        records.sort_by(|a, b| a.path.cmp(&b.path));
+        records.sort_by_key(|a| a.path);
         records.dedup_by(|a, b| a.path == b.path);
         records
     }

@@ -142,16 +142,16 @@ impl Attributes {
             if lt >= gt {
                 return Err(Error::bad(format!("lt ({lt}) must be less than gt ({gt})")));
             }
-            if let Some(st) = self.st {
-                if lt + 2.0 * st >= gt {
-                    return Err(Error::bad("lt + 2*st must be less than gt"));
-                }
+            if let Some(st) = self.st
+                && lt + 2.0 * st >= gt
+            {
+                return Err(Error::bad("lt + 2*st must be less than gt"));
             }
         }
-        if let (Some(lo), Some(hi)) = (self.epmin, self.epmax) {
-            if lo > hi {
-                return Err(Error::bad("epmin must not exceed epmax"));
-            }
+        if let (Some(lo), Some(hi)) = (self.epmin, self.epmax)
+            && lo > hi
+        {
+            return Err(Error::bad("epmin must not exceed epmax"));
         }
         Ok(())
     }

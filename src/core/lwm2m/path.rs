@@ -103,6 +103,10 @@ impl Path {
     }
 
     /// Number of ids (0 = root, 4 = resource instance).
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a path's length is its depth; see is_root"
+    )]
     pub const fn len(&self) -> usize {
         self.len as usize
     }

@@ -183,13 +183,13 @@ pub fn plan_write(
         .iter()
         .filter(|c| c.len() == 3 && c.instance_id() == Some(iid))
     {
-        if let Some(rid) = c.resource_id() {
-            if let Some(meta) = object.meta().resource(rid).filter(|m| m.multiple) {
-                if !bootstrap && !meta.operations.write {
-                    return Err(Error::not_allowed(format!("{c} is not writable")));
-                }
-                grouped.entry(rid).or_insert_with(|| Group::new(true));
+        if let Some(rid) = c.resource_id()
+            && let Some(meta) = object.meta().resource(rid).filter(|m| m.multiple)
+        {
+            if !bootstrap && !meta.operations.write {
+                return Err(Error::not_allowed(format!("{c} is not writable")));
             }
+            grouped.entry(rid).or_insert_with(|| Group::new(true));
         }
     }
     if let Some(rid) = base.resource_id() {
