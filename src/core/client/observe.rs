@@ -122,7 +122,8 @@ impl Client {
                 last_sent: now,
                 last_records: records,
                 last_eval: now,
-                last_con: None,
+                // The 24 h CON refresh counts from the start: the first reports use the configured mode.
+                last_con: Some(now),
                 dirty: false,
                 eval_requested: false,
                 in_flight: None,
