@@ -4,6 +4,7 @@
 * ``lwm2md``: the real daemon (``$LWM2MD_BIN``) configured against that server, already
   registered. Teardown sends SIGTERM, asserts an exit within 5 s and a de-registration.
   Change configuration keys with ``@pytest.mark.lwm2md_config({"server": {"lifetime": 20}})``.
+* ``lwm2md_unstarted``: the same, configured but not started (for start-up scenarios).
 * ``client``: the DM client (``EndpointClient``) for the daemon's endpoint.
 * ``model``: the OMA object model parsed from the registry XML.
 
@@ -69,6 +70,29 @@ def _config_overrides(request) -> dict:
     return overrides
 
 
+async def _stop_daemon(daemon: Lwm2md, server: Lwm2mServer) -> None:
+    """SIGTERM; the daemon must exit 0 within 5 s and de-register (unless the test opted out)."""
+    if not daemon.running:
+        return
+    server.resume()
+    mark = server.mark()
+    status = await daemon.terminate()
+    assert status == 0, f"lwm2md exited with status {status} after SIGTERM"
+    if daemon.expect_deregistration and daemon.registration is not None:
+        await server.wait_event(
+            "deregister", 2.0, since=mark, ep=daemon.endpoint, what="de-registration on SIGTERM"
+        )
+
+
+@pytest.fixture
+async def lwm2md_unstarted(request, server, tmp_path):
+    """The daemon, configured but not started: the test calls ``await lwm2md_unstarted.start()``."""
+    daemon = Lwm2md(server, tmp_path, _config_overrides(request))
+    request.node.stash[DAEMON_KEY] = daemon
+    yield daemon
+    await _stop_daemon(daemon, server)
+
+
 @pytest.fixture
 async def lwm2md(request, server, tmp_path):
     """The daemon, started and registered; stopped (SIGTERM, ≤ 5 s, de-registration) afterwards."""
@@ -81,16 +105,7 @@ async def lwm2md(request, server, tmp_path):
         await daemon.kill()
         raise
     yield daemon
-    if not daemon.running:
-        return
-    server.resume()
-    mark = server.mark()
-    status = await daemon.terminate()
-    assert status == 0, f"lwm2md exited with status {status} after SIGTERM"
-    if daemon.expect_deregistration:
-        await server.wait_event(
-            "deregister", 2.0, since=mark, ep=daemon.endpoint, what="de-registration on SIGTERM"
-        )
+    await _stop_daemon(daemon, server)
 
 
 @pytest.fixture

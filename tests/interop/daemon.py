@@ -74,7 +74,9 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
         current = out.get(key)
         if isinstance(current, dict) and isinstance(value, dict):
             out[key] = deep_merge(current, value)
-        elif isinstance(current, list) and current and isinstance(current[0], dict) and isinstance(value, dict):
+        elif (
+            isinstance(current, list) and current and isinstance(current[0], dict) and isinstance(value, dict)
+        ):
             out[key] = [deep_merge(current[0], value), *current[1:]]
         else:
             out[key] = value
@@ -122,8 +124,13 @@ class DaemonError(AssertionError):
 class Lwm2md:
     """One lwm2md process with its own configuration, state directory and log file."""
 
-    def __init__(self, server: Lwm2mServer, workdir: Path, overrides: dict[str, Any] | None = None,
-                 binary: Path | None = None):
+    def __init__(
+        self,
+        server: Lwm2mServer,
+        workdir: Path,
+        overrides: dict[str, Any] | None = None,
+        binary: Path | None = None,
+    ):
         self.server = server
         self.binary = binary or binary_path()
         self.workdir = workdir
@@ -170,33 +177,47 @@ class Lwm2md:
         env.setdefault("RUST_BACKTRACE", "1")
         with open(self.log_path, "ab") as logfile:
             self.proc = await asyncio.create_subprocess_exec(
-                str(self.binary), "--config", str(self.config_path), "--state-dir", str(self.state_dir),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT, env=env,
+                str(self.binary),
+                "--config",
+                str(self.config_path),
+                "--state-dir",
+                str(self.state_dir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
             )
+
+    async def watch(self, awaitable, what: str):
+        """Await ``awaitable`` but fail at once (with the log) if the process exits meanwhile."""
+        task = asyncio.ensure_future(awaitable)
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            done, _ = await asyncio.wait({task, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, exited):
+                if not t.done():
+                    t.cancel()
+        if task in done:
+            return task.result()  # re-raises EventTimeout etc.
+        raise DaemonError(
+            f"{what} not seen: lwm2md exited with status {self.proc.returncode}\n"
+            f"--- lwm2md log (tail) ---\n{self.log_text()[-4000:]}"
+        )
 
     async def wait_registered(self, timeout: float = REGISTRATION_TIMEOUT) -> Event:
         """Wait for the daemon's Register; fail fast (with the log) if the process exits first."""
-        reg = asyncio.ensure_future(self.server.wait_registration(timeout, ep=self.endpoint))
-        exited = asyncio.ensure_future(self.proc.wait())
         try:
-            done, _ = await asyncio.wait({reg, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reg, exited):
-                if not task.done():
-                    task.cancel()
-        if reg in done and reg.exception() is None:
-            self.registration = reg.result()
-            return self.registration
-        if exited in done:
-            raise DaemonError(
-                f"registration not seen: lwm2md exited with status {self.proc.returncode} before "
-                f"registering\n--- lwm2md log (tail) ---\n{self.log_text()[-4000:]}"
+            self.registration = await self.watch(
+                self.server.wait_registration(timeout, ep=self.endpoint), "registration"
             )
-        raise EventTimeout(
-            f"registration not seen within {timeout} s from endpoint {self.endpoint} "
-            f"(lwm2md pid {self.proc.pid} still running)\n--- lwm2md log (tail) ---\n"
-            f"{self.log_text()[-4000:]}\n--- server events ---\n{self.server.describe_events()}"
-        )
+        except EventTimeout:
+            raise EventTimeout(
+                f"registration not seen within {timeout} s from endpoint {self.endpoint} "
+                f"(lwm2md pid {self.proc.pid} still running)\n--- lwm2md log (tail) ---\n"
+                f"{self.log_text()[-4000:]}\n--- server events ---\n{self.server.describe_events()}"
+            ) from None
+        return self.registration
 
     async def terminate(self, timeout: float = EXIT_TIMEOUT) -> int:
         """SIGTERM; return the exit status, or kill and fail if it takes longer than ``timeout``."""

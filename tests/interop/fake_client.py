@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from aiocoap import Context, Message, Reliable, Unreliable, resource
 from aiocoap.numbers.codes import Code
@@ -42,8 +43,16 @@ def _under(path: tuple[int, ...], prefix: tuple[int, ...]) -> bool:
 class FakeLwm2mClient:
     """Registers with ``server_uri`` from its own aiocoap server context."""
 
-    def __init__(self, server_uri: str, ep: str = "urn:dev:os:fake-client", *, lifetime: int = 60,
-                 con_notifications: bool = True, period: float = 0.2, model: Model | None = None):
+    def __init__(
+        self,
+        server_uri: str,
+        ep: str = "urn:dev:os:fake-client",
+        *,
+        lifetime: int = 60,
+        con_notifications: bool = True,
+        period: float = 0.2,
+        model: Model | None = None,
+    ):
         self.server_uri = server_uri
         self.ep = ep
         self.lifetime = lifetime
@@ -52,9 +61,16 @@ class FakeLwm2mClient:
         self.con_notifications = con_notifications
         self.location: tuple[str, ...] | None = None
         self.values: dict[str, Any] = {
-            "/1/0/0": 1, "/1/0/1": lifetime, "/1/0/6": True, "/1/0/7": "U",
-            "/3/0/0": "Acme", "/3/0/1": "Fake-1", "/3/0/2": "SN-1", "/3/0/3": "1.0.0",
-            "/3/0/11/0": 0, "/3/0/16": "U",
+            "/1/0/0": 1,
+            "/1/0/1": lifetime,
+            "/1/0/6": True,
+            "/1/0/7": "U",
+            "/3/0/0": "Acme",
+            "/3/0/1": "Fake-1",
+            "/3/0/2": "SN-1",
+            "/3/0/3": "1.0.0",
+            "/3/0/11/0": 0,
+            "/3/0/16": "U",
         }
         self.executed: list[tuple[str, bytes]] = []
         #: Write-Attributes received: path → the raw query items.
@@ -98,8 +114,12 @@ class FakeLwm2mClient:
     async def register(self, payload: bytes | None = None, extra_query: str = "") -> Message:
         """Register; remembers the Location-Path for Update / De-register."""
         query = f"ep={self.ep}&lt={self.lifetime}&lwm2m=1.1&b=U{extra_query}"
-        resp = await self._send(Code.POST, f"{self.server_uri}/rd?{query}",
-                                self.object_links() if payload is None else payload, CF_LINK_FORMAT)
+        resp = await self._send(
+            Code.POST,
+            f"{self.server_uri}/rd?{query}",
+            self.object_links() if payload is None else payload,
+            CF_LINK_FORMAT,
+        )
         if resp.code == Code.CREATED:
             self.location = tuple(resp.opt.location_path)
         return resp

@@ -187,9 +187,7 @@ def tlv_parse(data: bytes, container: int | None = None) -> list[TlvElement]:
                 f" only {len(data) - header_end} left"
             )
         if container is not None and kind not in _TLV_ALLOWED_CHILDREN[container]:
-            raise TlvError(
-                f"TLV {_TLV_KIND_NAMES[kind]} inside a {_TLV_KIND_NAMES[container]}"
-            )
+            raise TlvError(f"TLV {_TLV_KIND_NAMES[kind]} inside a {_TLV_KIND_NAMES[container]}")
         if (kind, ident) in seen:
             raise TlvError(f"duplicate TLV {_TLV_KIND_NAMES[kind]} {ident}")
         seen.add((kind, ident))
@@ -278,9 +276,7 @@ def _tlv_resource_into(
         if res is not None and not res.multiple:
             raise TlvError(f"{format_path(path)} is single-instance but sent as a multiple resource")
         for child in el.children or []:
-            out[format_path((*path, child.id))] = tlv_decode_value(
-                child.value, res.type if res else None
-            )
+            out[format_path((*path, child.id))] = tlv_decode_value(child.value, res.type if res else None)
     else:
         raise TlvError(f"expected a resource TLV for {format_path(path)}, found {_TLV_KIND_NAMES[el.kind]}")
 
@@ -293,7 +289,9 @@ def decode_tlv(payload: bytes, path: str, model: Model | None = None) -> dict[st
     if len(ids) == 1:
         for el in elements:
             if el.kind != TLV_OBJECT_INSTANCE:
-                raise TlvError(f"object-level TLV must hold object instances, found {_TLV_KIND_NAMES[el.kind]}")
+                raise TlvError(
+                    f"object-level TLV must hold object instances, found {_TLV_KIND_NAMES[el.kind]}"
+                )
             for child in el.children or []:
                 _tlv_resource_into(out, (ids[0], el.id), child, model)
     elif len(ids) == 2:
@@ -324,7 +322,9 @@ def _tlv_encode_resources(
     for rid, group in by_rid.items():
         if any(len(ids) == depth + 2 for ids, _ in group):
             children = [
-                tlv_element(TLV_RESOURCE_INSTANCE, ids[depth + 1], tlv_encode_value(v, _type_for(model, ids, v)))
+                tlv_element(
+                    TLV_RESOURCE_INSTANCE, ids[depth + 1], tlv_encode_value(v, _type_for(model, ids, v))
+                )
                 for ids, v in group
             ]
             out.append(tlv_element(TLV_MULTIPLE_RESOURCE, rid, children))
@@ -452,8 +452,21 @@ def encode_cbor(value: Any) -> bytes:
 
 #: SenML CBOR integer labels (RFC 8428 §6); LwM2M's ``vlo`` stays a text key.
 SENML_CBOR_LABELS = {
-    -1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
-    0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd",
+    -1: "bver",
+    -2: "bn",
+    -3: "bt",
+    -4: "bu",
+    -5: "bv",
+    -6: "bs",
+    0: "n",
+    1: "u",
+    2: "v",
+    3: "vs",
+    4: "vb",
+    5: "s",
+    6: "t",
+    7: "ut",
+    8: "vd",
 }
 SENML_CBOR_KEYS = {name: label for label, name in SENML_CBOR_LABELS.items()}
 _VALUE_KEYS = ("v", "vs", "vb", "vd", "vlo")
@@ -587,8 +600,15 @@ def _coerce(value: Any, kind: str, rtype: str | None, path: str) -> Any:
     if rtype is None:
         return value
     expected = {
-        "string": "vs", "corelnk": "vs", "integer": "v", "unsigned": "v", "time": "v",
-        "float": "v", "boolean": "vb", "opaque": "vd", "objlnk": "vlo",
+        "string": "vs",
+        "corelnk": "vs",
+        "integer": "v",
+        "unsigned": "v",
+        "time": "v",
+        "float": "v",
+        "boolean": "vb",
+        "opaque": "vd",
+        "objlnk": "vlo",
     }.get(rtype)
     if expected is None:
         raise SenmlError(f"{path}: a resource of type {rtype!r} has no value")
@@ -666,7 +686,7 @@ def senml_records_for(
                 raise ValueError(f"{path} does not start with base name {base_name}")
             if i == 0:
                 rec["bn"] = base_name
-            rec["n"] = path[len(base_name):]
+            rec["n"] = path[len(base_name) :]
         else:
             rec["n"] = path
         key, val = _senml_value_entry(path, value, model)
@@ -691,12 +711,16 @@ def encode_senml_cbor_records(records: list[dict[str, Any]]) -> bytes:
     return cbor2.dumps([{SENML_CBOR_KEYS.get(k, k): v for k, v in rec.items()} for rec in records])
 
 
-def encode_senml_json(values: dict[str, Any], model: Model | None = None, base_name: str | None = None) -> bytes:
+def encode_senml_json(
+    values: dict[str, Any], model: Model | None = None, base_name: str | None = None
+) -> bytes:
     """Encode ``{path: value}`` as SenML JSON (110)."""
     return encode_senml_json_records(senml_records_for(values, model, base_name))
 
 
-def encode_senml_cbor(values: dict[str, Any], model: Model | None = None, base_name: str | None = None) -> bytes:
+def encode_senml_cbor(
+    values: dict[str, Any], model: Model | None = None, base_name: str | None = None
+) -> bytes:
     """Encode ``{path: value}`` as SenML CBOR (112)."""
     return encode_senml_cbor_records(senml_records_for(values, model, base_name))
 
@@ -846,7 +870,9 @@ def decode(payload: bytes, content_format: int | None, path: str, model: Model |
     return decoder(payload, path, model)
 
 
-def encode_values(values: dict[str, Any], fmt: str | int, path: str, model: Model | None = None) -> tuple[bytes, int]:
+def encode_values(
+    values: dict[str, Any], fmt: str | int, path: str, model: Model | None = None
+) -> tuple[bytes, int]:
     """Encode values for a write in format ``fmt`` (name or number); returns (payload, cf)."""
     cf = CF_BY_NAME.get(fmt, fmt) if isinstance(fmt, str) else fmt
     if fmt == "text":

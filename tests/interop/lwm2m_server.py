@@ -29,7 +29,8 @@ import secrets
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from aiocoap import Context, Message
 from aiocoap import error as coap_error
@@ -38,10 +39,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, NON, RST
 from aiocoap.optiontypes import BlockOption
 
-import coap_raw
 from lwm2m_codecs import (
     CF_LINK_FORMAT,
-    CodecError,
     Link,
     LinkFormatError,
     decode,
@@ -164,7 +163,7 @@ class Registration:
         """(IPv4 or IPv6 host, port) of the client, usable with a plain socket."""
         host, port = self.remote.sockaddr[0], self.remote.sockaddr[1]
         if host.startswith("::ffff:"):
-            host = host[len("::ffff:"):]
+            host = host[len("::ffff:") :]
         return host, port
 
 
@@ -362,7 +361,11 @@ class Lwm2mServer:
         now = self.now()
         reg = Registration(reg_id, ep, params, links, request.remote, now, now)
         self.registrations[reg_id] = reg
-        self._append(self._event_from("register", request, ep=ep, reg_id=reg_id, params=params, links=links, response="2.01"))
+        self._append(
+            self._event_from(
+                "register", request, ep=ep, reg_id=reg_id, params=params, links=links, response="2.01"
+            )
+        )
         return Message(code=Code.CREATED, location_path=("rd", reg_id))
 
     def _update(self, request: Message, reg_id: str) -> Message:
@@ -374,7 +377,9 @@ class Lwm2mServer:
             params = parse_query(request.opt.uri_query)
             links = self._parse_links(request)
         except (ValueError, LinkFormatError) as e:
-            self._append(self._event_from("update", request, ep=reg.ep, reg_id=reg_id, response="4.00", error=str(e)))
+            self._append(
+                self._event_from("update", request, ep=reg.ep, reg_id=reg_id, response="4.00", error=str(e))
+            )
             return Message(code=Code.BAD_REQUEST, payload=str(e).encode())
         reg.params.update(params)
         if request.payload:
@@ -383,8 +388,13 @@ class Lwm2mServer:
         reg.updated_at = self.now()
         self._append(
             self._event_from(
-                "update", request, ep=reg.ep, reg_id=reg_id, params=params,
-                links=links if request.payload else None, response="2.04",
+                "update",
+                request,
+                ep=reg.ep,
+                reg_id=reg_id,
+                params=params,
+                links=links if request.payload else None,
+                response="2.04",
             )
         )
         return Message(code=Code.CHANGED)
@@ -481,13 +491,21 @@ class Lwm2mServer:
                 return
         except Exception:  # never let a harness bug kill aiocoap's receive path
             log.exception("wire tap failed on %r", message)
-        if self.silent and (message.code.is_request() or (message.code == Code.EMPTY and message.mtype == CON)):
+        if self.silent and (
+            message.code.is_request() or (message.code == Code.EMPTY and message.mtype == CON)
+        ):
             self._append(
                 Event(
-                    "dropped", now, time.time(), method=str(message.code),
+                    "dropped",
+                    now,
+                    time.time(),
+                    method=str(message.code),
                     path="/" + "/".join(message.opt.uri_path),
-                    params=_safe_query(message.opt.uri_query), payload=bytes(message.payload),
-                    remote=message.remote, mtype=_type_name(message.mtype), mid=message.mid,
+                    params=_safe_query(message.opt.uri_query),
+                    payload=bytes(message.payload),
+                    remote=message.remote,
+                    mtype=_type_name(message.mtype),
+                    mid=message.mid,
                 )
             )
             return
@@ -619,7 +637,15 @@ class Notification:
 class Observation:
     """An Observe relationship; ``notifications`` starts with the initial response."""
 
-    def __init__(self, client: EndpointClient, path: str, accept: int | None, request, first: Message, first_time: float):
+    def __init__(
+        self,
+        client: EndpointClient,
+        path: str,
+        accept: int | None,
+        request,
+        first: Message,
+        first_time: float,
+    ):
         self.client = client
         self.server = client.server
         self.path = path
@@ -651,11 +677,24 @@ class Observation:
                 request.observation.register_callback(self._on_callback)
                 request.observation.register_errback(self._on_errback)
 
+    def __repr__(self) -> str:
+        return (
+            f"<Observation {self.path} initial={self.initial.code} established={self.established} "
+            f"notifications={len(self.notifications)} cancelled={self.cancelled} "
+            f"after_cancel={len(self.after_cancel)}>"
+        )
+
     def _record(self, message: Message, when: float) -> None:
         self.notifications.append(
             Notification(
-                when, message.opt.observe, code_str(message.code), _int_or_none(message.opt.content_format),
-                bytes(message.payload), _type_name(message.mtype), self.path, self.server.model,
+                when,
+                message.opt.observe,
+                code_str(message.code),
+                _int_or_none(message.opt.content_format),
+                bytes(message.payload),
+                _type_name(message.mtype),
+                self.path,
+                self.server.model,
             )
         )
         self._changed.set()
@@ -746,14 +785,27 @@ class EndpointClient:
 
     def _response(self, message: Message, path: str) -> Response:
         return Response(
-            code_str(message.code), _int_or_none(message.opt.content_format), bytes(message.payload),
-            message, path, self.server.model,
+            code_str(message.code),
+            _int_or_none(message.opt.content_format),
+            bytes(message.payload),
+            message,
+            path,
+            self.server.model,
         )
 
     def _message(
-        self, method: str, path: str, *, payload: bytes = b"", content_format: int | None = None,
-        accept: int | None = None, query: tuple[str, ...] = (), observe: int | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: bytes = b"",
+        content_format: int | None = None,
+        accept: int | None = None,
+        query: tuple[str, ...] = (),
+        observe: int | None = None,
         block2_szx: int | None = None,
+        block1: tuple[int, bool, int] | None = None,
+        size1: int | None = None,
     ) -> Message:
         msg = Message(code=_METHODS[method], uri_path=_segments(path), payload=bytes(payload))
         if content_format is not None:
@@ -766,14 +818,24 @@ class EndpointClient:
             msg.opt.observe = observe
         if block2_szx is not None:
             msg.opt.block2 = BlockOption.BlockwiseTuple(0, False, block2_szx)
+        if block1 is not None:
+            msg.opt.block1 = BlockOption.BlockwiseTuple(*block1)
+        if size1 is not None:
+            msg.opt.size1 = size1
         msg.remote = self.registration.remote
         return msg
 
-    async def request(self, method: str, path: str, *, timeout: float | None = None, **kw) -> Response:
-        """Send one request (block-wise handled by aiocoap) and return the final response."""
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None, blockwise: bool = True, **kw
+    ) -> Response:
+        """Send one request and return the final response.
+
+        With ``blockwise`` (default) aiocoap splits large payloads (Block1) and reassembles
+        Block2 responses; without it the message goes out exactly as built.
+        """
         msg = self._message(method, path, **kw)
         timeout = timeout or self.timeout
-        req = self.server.context.request(msg)
+        req = self.server.context.request(msg, handle_blockwise=blockwise)
         try:
             message = await asyncio.wait_for(req.response, timeout)
         except TimeoutError:
@@ -793,10 +855,43 @@ class EndpointClient:
         assert method in ("PUT", "POST")
         return await self.request(method, path, payload=payload, content_format=cf)
 
-    async def write_values(self, path: str, values: dict[str, Any], fmt: str | int, method: str = "PUT") -> Response:
+    async def write_values(
+        self, path: str, values: dict[str, Any], fmt: str | int, method: str = "PUT"
+    ) -> Response:
         """Encode ``{path: value}`` in ``fmt`` ("tlv", "senml-json", "senml-cbor", "text", or a CF)."""
         payload, cf = encode_values(values, fmt, path, self.server.model)
         return await self.write(path, payload, cf, method)
+
+    async def write_blockwise(
+        self, path: str, payload: bytes, cf: int, *, szx: int = 6, method: str = "PUT"
+    ) -> list[Response]:
+        """Block1 transfer under our control: one request per block (Size1 on the first), stopping
+        at the first response that is not 2.31 Continue; honours a smaller SZX in a 2.31.
+
+        aiocoap's own Block1 loop keeps sending after an error that echoes Block1 with M=1, so
+        tests that check *when* a client refuses a body use this instead.
+        """
+        responses: list[Response] = []
+        offset = 0
+        while True:
+            size = 16 << szx
+            more = offset + size < len(payload)
+            resp = await self.request(
+                method,
+                path,
+                payload=payload[offset : offset + size],
+                content_format=cf,
+                block1=(offset // size, more, szx),
+                size1=len(payload) if offset == 0 else None,
+                blockwise=False,
+            )
+            responses.append(resp)
+            if resp.code != "2.31" or not more:
+                return responses
+            offset += size
+            echoed = resp.message.opt.block1
+            if echoed is not None and echoed.size_exponent < szx:
+                szx = echoed.size_exponent
 
     async def execute(self, path: str, args: str | bytes | None = None, *, cf: int | None = None) -> Response:
         """Execute (POST, arguments as text such as ``0='x',1``)."""
@@ -822,7 +917,9 @@ class EndpointClient:
 
     # Information Reporting
 
-    async def observe(self, path: str, accept: int | None = None, *, timeout: float | None = None) -> Observation:
+    async def observe(
+        self, path: str, accept: int | None = None, *, timeout: float | None = None
+    ) -> Observation:
         """GET Observe=0. Check ``obs.established`` / ``obs.initial.code`` for the outcome."""
         msg = self._message("GET", path, accept=accept, observe=0)
         timeout = timeout or self.timeout
@@ -834,7 +931,9 @@ class EndpointClient:
             raise EventTimeout(f"no response to Observe {path} from {self.ep} within {timeout} s") from None
         return Observation(self, path, accept, req, first, self.server.now())
 
-    async def cancel_observe(self, obs: Observation, mode: str = "get", *, timeout: float | None = None) -> Response | float:
+    async def cancel_observe(
+        self, obs: Observation, mode: str = "get", *, timeout: float | None = None
+    ) -> Response | float:
         """Cancel an observation.
 
         ``mode="get"``: GET Observe=1 with the same token and options; returns the response.
@@ -857,17 +956,22 @@ class EndpointClient:
 
         def failed() -> None:
             if not future.done():
-                future.set_exception(AssertionError(f"cancel GET for {obs.path} was rejected (RST) or timed out"))
+                future.set_exception(
+                    AssertionError(f"cancel GET for {obs.path} was rejected (RST) or timed out")
+                )
 
         obs._cancel_future = future
         self.server._mm.send_message(msg, failed)
         mid = msg.mid
-        obs._cancel_match = lambda m: (m.mtype == ACK and m.mid == mid and m.code != Code.EMPTY) or (
-            m.mtype != ACK and m.code.is_response() and m.opt.observe is None
+        obs._cancel_match = lambda m: (
+            (m.mtype == ACK and m.mid == mid and m.code != Code.EMPTY)
+            or (m.mtype != ACK and m.code.is_response() and m.opt.observe is None)
         )
         try:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise EventTimeout(f"no response to the cancelling GET of {obs.path} within {timeout} s") from None
+            raise EventTimeout(
+                f"no response to the cancelling GET of {obs.path} within {timeout} s"
+            ) from None
         obs.cancelled = True
         return self._response(reply, obs.path)

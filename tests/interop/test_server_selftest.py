@@ -8,13 +8,16 @@ client posing as a LwM2M client.
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import tomllib
+from pathlib import Path
 
 import cbor2
 import pytest
 
 import coap_raw
-from daemon import base_config, deep_merge, to_toml
+from daemon import DaemonError, Lwm2md, base_config, deep_merge, to_toml
 from fake_client import FakeLwm2mClient
 from lwm2m_codecs import (
     CF_LINK_FORMAT,
@@ -22,7 +25,6 @@ from lwm2m_codecs import (
     CF_SENML_JSON,
     CF_TEXT,
     CF_TLV,
-    TLV_OBJECT_INSTANCE,
     TLV_RESOURCE,
     LinkFormatError,
     SenmlError,
@@ -86,7 +88,7 @@ WORKED_EXAMPLE = bytes.fromhex(
     "C4004F70656E"  # res 0 "Open"
     "C8010A47572D454447452D3031"  # res 1, 8-bit length, "GW-EDGE-01"
     "C10957"  # res 9 = 87
-    "8606" "410001" "410105"  # multiple resource 6: {0: 1, 1: 5}
+    "8606 410001 410105"  # multiple resource 6 = {0: 1, 1: 5}
 )
 WORKED_VALUES = {"/3/0/0": "Open", "/3/0/1": "GW-EDGE-01", "/3/0/9": 87, "/3/0/6/0": 1, "/3/0/6/1": 5}
 
@@ -184,7 +186,7 @@ def test_senml_json_vector(model):
 
 def test_senml_cbor_hand_encoded_vector(model):
     # [{-2: "/3/0/", 0: "0", 3: "Open"}, {0: "9", 2: 87}] written byte by byte (RFC 8949 / 8428 §6)
-    payload = bytes.fromhex("82" "A3" "21" "652F332F302F" "00" "6130" "03" "644F70656E" "A2" "00" "6139" "02" "1857")
+    payload = bytes.fromhex("82 A3 21 652F332F302F 00 6130 03 644F70656E A2 00 6139 02 1857")
     assert decode_senml_cbor(payload, "/", model) == {"/3/0/0": "Open", "/3/0/9": 87}
 
 
@@ -257,7 +259,10 @@ def test_link_format_registration_payload():
 
 def test_link_format_quoted_commas_flags_and_escapes():
     text = '</5>;title="a, b; \\"c\\"";obs,</3/0/11>;dim=2;pmin=10'
-    assert decode_link_format(text) == {"/5": {"title": 'a, b; "c"', "obs": None}, "/3/0/11": {"dim": "2", "pmin": "10"}}
+    assert decode_link_format(text) == {
+        "/5": {"title": 'a, b; "c"', "obs": None},
+        "/3/0/11": {"dim": "2", "pmin": "10"},
+    }
     assert decode_link_format(b"") == {}
 
 
@@ -275,15 +280,30 @@ def test_link_format_malformed(bad):
 
 def test_coap_raw_round_trip():
     data = coap_raw.encode(
-        coap_raw.CON, coap_raw.GET, 0x1234, b"\xaa\xbb",
-        coap_raw.path_options("/3/0/0") + [(65005, b"x"), (coap_raw.OPT_ACCEPT, b"\x70")], b"hi",
+        coap_raw.CON,
+        coap_raw.GET,
+        0x1234,
+        b"\xaa\xbb",
+        coap_raw.path_options("/3/0/0") + [(65005, b"x"), (coap_raw.OPT_ACCEPT, b"\x70")],
+        b"hi",
     )
     assert data[:4] == bytes([0x42, 0x01, 0x12, 0x34])
     msg = coap_raw.decode(data)
-    assert (msg.mtype, msg.code_str, msg.mid, msg.token, msg.payload) == (0, "0.01", 0x1234, b"\xaa\xbb", b"hi")
+    assert (msg.mtype, msg.code_str, msg.mid, msg.token, msg.payload) == (
+        0,
+        "0.01",
+        0x1234,
+        b"\xaa\xbb",
+        b"hi",
+    )
     assert [n for n, _ in msg.options] == [11, 11, 11, 17, 65005]
     assert msg.option(65005) == b"x"
-    for bad in (b"\x49\x01\x00\x00" + b"t" * 9, b"\x40\x01\x00\x00\xf0", b"\x40\x01\x00\x00\x13a", b"\x40\x01\x00\x00\xff"):
+    for bad in (
+        b"\x49\x01\x00\x00" + b"t" * 9,
+        b"\x40\x01\x00\x00\xf0",
+        b"\x40\x01\x00\x00\x13a",
+        b"\x40\x01\x00\x00\xff",
+    ):
         with pytest.raises(coap_raw.MalformedMessage):
             coap_raw.decode(bad)
 
@@ -355,8 +375,11 @@ async def test_register_without_ep_or_with_bad_links_is_rejected(server, fake):
     from aiocoap import Message
     from aiocoap.numbers.codes import Code
 
-    for uri, payload in ((f"{server.uri}/rd?lt=60", b"</1/0>"), (f"{server.uri}/rd?ep=x", b"</1/0"),
-                         (f"{server.uri}/rd?ep=x&ep=y", b"</1/0>")):
+    for uri, payload in (
+        (f"{server.uri}/rd?lt=60", b"</1/0>"),
+        (f"{server.uri}/rd?ep=x", b"</1/0"),
+        (f"{server.uri}/rd?ep=x&ep=y", b"</1/0>"),
+    ):
         msg = Message(code=Code.POST, uri=uri, payload=payload, content_format=CF_LINK_FORMAT)
         resp = await fake.context.request(msg).response
         assert int(resp.code) == 0x80, uri
@@ -370,7 +393,7 @@ async def test_forget_gives_404_then_reregister(server, registered):
     resp = await registered.update()
     assert int(resp.code) == 0x84
     await registered.register()
-    new = (await server.wait_registration(2))
+    new = await server.wait_registration(2)
     assert new.ep == registered.ep and new.reg_id != old.id
 
 
@@ -508,7 +531,12 @@ async def test_raw_exchange_through_server_socket(server, registered):
     mid = server.next_mid()
     get = coap_raw.encode(coap_raw.CON, coap_raw.GET, mid, b"\x01\x02", coap_raw.path_options("/3/0/0"))
     reply = await server.raw_exchange(get)
-    assert (reply.mtype, reply.mid, bytes(reply.token), reply.payload) == (coap_raw.ACK, mid, b"\x01\x02", b"Acme")
+    assert (reply.mtype, reply.mid, bytes(reply.token), reply.payload) == (
+        coap_raw.ACK,
+        mid,
+        b"\x01\x02",
+        b"Acme",
+    )
     bad_version = coap_raw.encode(coap_raw.CON, coap_raw.GET, server.next_mid(), version=2)
     assert await server.raw_exchange(bad_version, timeout=0.5) is None
 
@@ -531,3 +559,76 @@ async def test_two_servers_do_not_interfere():
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_write_blockwise_under_control(server, registered):
+    """write_blockwise sends one block per request and stops at the final answer."""
+    client = server.client()
+    payload = encode_senml_json({"/1/0/7": "U" * 100})
+    responses = await client.write_blockwise("/1/0/7", payload, CF_SENML_JSON, szx=0)
+    blocks = (len(payload) + 15) // 16
+    assert [r.code for r in responses] == ["2.31"] * (blocks - 1) + ["2.04"]
+    assert registered.values["/1/0/7"] == "U" * 100
+    # A path without an earlier Block1 assembly: aiocoap's server answers 5.00 (an uncaught
+    # ValueError in Block1Spool) when a stale assembly for the same request exists.
+    out_of_order = await client.request(
+        "PUT", "/1/0/5", payload=b"x" * 16, content_format=CF_SENML_JSON, block1=(1, True, 0), blockwise=False
+    )
+    assert out_of_order.code == "4.08"
+
+
+# --- the launcher, against stand-in binaries ---------------------------------------------------
+
+
+def _wrapper(tmp_path, name: str, body: str):
+    path = tmp_path / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+async def test_launcher_with_fake_daemon(server, tmp_path):
+    """Start → config honoured → registered → DM works → SIGTERM → de-registered, status 0."""
+    fake = Path(__file__).resolve().parent / "fake_daemon.py"
+    binary = _wrapper(tmp_path, "lwm2md", f'exec "{sys.executable}" "{fake}" "$@"')
+    daemon = Lwm2md(server, tmp_path / "run", {"server": {"lifetime": 42}}, binary=binary)
+    await daemon.start()
+    try:
+        reg = await daemon.wait_registered(10)
+        assert reg.params["lt"] == "42" and reg.params["ep"] == daemon.endpoint
+        assert (await server.client(daemon.endpoint).read("/3/0/0")).text == "Acme"
+        mark = server.mark()
+        assert await daemon.terminate() == 0
+        await server.wait_deregistration(2, since=mark, ep=daemon.endpoint)
+        assert "de-registered" in daemon.log_text()
+    finally:
+        await daemon.kill()
+
+
+async def test_launcher_reports_a_silent_daemon(server, tmp_path):
+    daemon = Lwm2md(server, tmp_path / "run", binary=_wrapper(tmp_path, "lwm2md", "exec sleep 1000"))
+    await daemon.start()
+    try:
+        with pytest.raises(EventTimeout, match="registration not seen within 0.5 s"):
+            await daemon.wait_registered(0.5)
+        assert await daemon.terminate() == -signal.SIGTERM
+    finally:
+        await daemon.kill()
+
+
+async def test_launcher_reports_an_exiting_daemon(server, tmp_path):
+    binary = _wrapper(tmp_path, "lwm2md", "echo 'config error: boom' >&2; exit 3")
+    daemon = Lwm2md(server, tmp_path / "run", binary=binary)
+    await daemon.start()
+    with pytest.raises(DaemonError, match="(?s)registration not seen: lwm2md exited with status 3.*boom"):
+        await daemon.wait_registered(5)
+
+
+async def test_launcher_kills_a_daemon_that_ignores_sigterm(server, tmp_path):
+    daemon = Lwm2md(
+        server, tmp_path / "run", binary=_wrapper(tmp_path, "lwm2md", "trap '' TERM; exec sleep 1000")
+    )
+    await daemon.start()
+    with pytest.raises(DaemonError, match="did not exit within 0.5 s"):
+        await daemon.terminate(0.5)
+    assert not daemon.running
