@@ -79,8 +79,14 @@ async def _stop_daemon(daemon: Lwm2md, server: Lwm2mServer) -> None:
     status = await daemon.terminate()
     assert status == 0, f"lwm2md exited with status {status} after SIGTERM"
     if daemon.expect_deregistration and daemon.registration is not None:
+        # A DELETE for a registration the server has forgotten (answered 4.04) still counts.
+        ours = {e.reg_id for e in server.events if e.kind == "register" and e.ep == daemon.endpoint}
         await server.wait_event(
-            "deregister", 2.0, since=mark, ep=daemon.endpoint, what="de-registration on SIGTERM"
+            ("deregister", "deregister-unknown"),
+            2.0,
+            since=mark,
+            predicate=lambda e: e.reg_id in ours,
+            what="de-registration on SIGTERM",
         )
 
 

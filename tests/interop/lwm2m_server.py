@@ -236,6 +236,8 @@ class Lwm2mServer:
         self.context: Context | None = None
         self.port: int | None = None
         self.registrations: dict[str, Registration] = {}
+        #: The address each endpoint last registered or updated from.
+        self.last_remote: dict[str, Any] = {}
         self.events: list[Event] = []
         self.wire: list[WireRecord] = []
         self.silent = False
@@ -361,6 +363,7 @@ class Lwm2mServer:
         now = self.now()
         reg = Registration(reg_id, ep, params, links, request.remote, now, now)
         self.registrations[reg_id] = reg
+        self.last_remote[ep] = request.remote
         self._append(
             self._event_from(
                 "register", request, ep=ep, reg_id=reg_id, params=params, links=links, response="2.01"
@@ -385,6 +388,7 @@ class Lwm2mServer:
         if request.payload:
             reg.links = links
         reg.remote = request.remote
+        self.last_remote[reg.ep] = request.remote
         reg.updated_at = self.now()
         self._append(
             self._event_from(
@@ -429,7 +433,7 @@ class Lwm2mServer:
 
     async def wait_event(
         self,
-        kind: str,
+        kind: str | tuple[str, ...],
         timeout: float,
         *,
         since: int | None = None,
@@ -439,21 +443,23 @@ class Lwm2mServer:
     ) -> Event:
         """The first ``kind`` event not yet returned by an earlier wait for that kind.
 
-        With ``since`` the search starts at that log index instead. Raises EventTimeout.
+        ``kind`` may be a tuple of kinds (they share one cursor). With ``since`` the search starts
+        at that log index instead. Raises EventTimeout.
         """
+        kinds = (kind,) if isinstance(kind, str) else kind
         start = self._cursors.get(kind, 0) if since is None else since
         deadline = self.now() + timeout
         while True:
             for i in range(start, len(self.events)):
                 e = self.events[i]
-                if e.kind == kind and (ep is None or e.ep == ep) and (predicate is None or predicate(e)):
+                if e.kind in kinds and (ep is None or e.ep == ep) and (predicate is None or predicate(e)):
                     self._cursors[kind] = i + 1
                     return e
             start = max(start, len(self.events))
             remaining = deadline - self.now()
             if remaining <= 0:
                 raise EventTimeout(
-                    f"{what or kind} not seen within {timeout} s\nserver events:\n{self.describe_events()}"
+                    f"{what or kinds} not seen within {timeout} s\nserver events:\n{self.describe_events()}"
                 )
             changed = self._changed
             try:
@@ -631,7 +637,13 @@ class Notification:
     model: Model
 
     def decode(self) -> dict[str, Any]:
+        """The payload decoded by its Content-Format (raises CodecError if malformed)."""
         return decode(self.payload, self.content_format, self.path, self.model)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Same as ``decode()``."""
+        return self.decode()
 
 
 class Observation:
@@ -713,6 +725,7 @@ class Observation:
     def _on_wire(self, message: Message, now: float) -> bool:
         """Called by the server's tap for every message with our token; True = consumed."""
         if self._cancel_match is not None and self._cancel_match(message):
+            self.cancelled = True  # from here on, any notification is "after cancel"
             if not self._cancel_future.done():
                 self._cancel_future.set_result(message)
             return False  # aiocoap still needs it to stop retransmitting / end the request
@@ -783,6 +796,17 @@ class EndpointClient:
     def registration(self) -> Registration:
         return self.server.registration(self.ep)
 
+    @property
+    def remote(self):
+        """The endpoint's address: from its registration, or the last one it registered from
+        while the server has none (after ``forget``, between De-register and Register)."""
+        try:
+            return self.registration.remote
+        except NotRegistered:
+            if self.ep in self.server.last_remote:
+                return self.server.last_remote[self.ep]
+            raise
+
     def _response(self, message: Message, path: str) -> Response:
         return Response(
             code_str(message.code),
@@ -822,7 +846,7 @@ class EndpointClient:
             msg.opt.block1 = BlockOption.BlockwiseTuple(*block1)
         if size1 is not None:
             msg.opt.size1 = size1
-        msg.remote = self.registration.remote
+        msg.remote = self.remote
         return msg
 
     async def request(
@@ -929,7 +953,11 @@ class EndpointClient:
         except TimeoutError:
             req.response.cancel()
             raise EventTimeout(f"no response to Observe {path} from {self.ep} within {timeout} s") from None
-        return Observation(self, path, accept, req, first, self.server.now())
+        arrived = next(
+            (r.time for r in reversed(self.server.wire) if bytes(r.message.token) == bytes(first.token)),
+            self.server.now(),
+        )
+        return Observation(self, path, accept, req, first, arrived)
 
     async def cancel_observe(
         self, obs: Observation, mode: str = "get", *, timeout: float | None = None

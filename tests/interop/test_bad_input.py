@@ -59,16 +59,32 @@ async def test_random_datagrams_are_survived(server, client):
     await assert_still_serving(client)
 
 
-@pytest.mark.parametrize(
-    "name,body",
-    [
-        ("truncated option value", bytes([0xB5]) + b"ab"),  # Uri-Path claims 5 bytes, 2 follow
-        ("truncated extended option length", bytes([0xBD])),  # length nibble 13 without its byte
-        ("option delta 15", bytes([0xF1]) + b"x"),
-        ("option length 15", bytes([0xBF]) + b"x" * 20),
-        ("payload marker without payload", bytes([0xB1]) + b"3" + b"\xff"),
-    ],
-)
+async def test_datagrams_from_a_foreign_peer_are_survived(server, lwm2md, client):
+    """Garbage and requests from an address that is not the server's (plain UDP socket)."""
+    peer = await raw.RawUdpPeer().start()
+    try:
+        address = server.registration(lwm2md.endpoint).address
+        rng = random.Random(0x5EED)
+        for _ in range(20):
+            peer.send(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))), address)
+        peer.send(raw.encode(raw.CON, raw.EMPTY, 1), address)
+        peer.send(raw.encode(raw.CON, raw.GET, 2, b"\x01", raw.path_options("/3/0/0")), address)
+        await peer.recv(SILENCE)  # answering a stranger is allowed, not required
+    finally:
+        peer.close()
+    await assert_still_serving(client)
+
+
+MALFORMED_OPTIONS = {
+    "truncated option value": bytes([0xB5]) + b"ab",  # Uri-Path claims 5 bytes, 2 follow
+    "truncated extended option length": bytes([0xBD]),  # length nibble 13 without its byte
+    "option delta 15": bytes([0xF1]) + b"x",
+    "option length 15": bytes([0xBF]) + b"x" * 20,
+    "payload marker without payload": bytes([0xB1]) + b"3" + b"\xff",
+}
+
+
+@pytest.mark.parametrize("name,body", list(MALFORMED_OPTIONS.items()), ids=list(MALFORMED_OPTIONS))
 async def test_malformed_options_rst_or_ignored(server, client, name, body):
     mid, token = server.next_mid(), secrets.token_bytes(2)
     data = raw.encode(raw.CON, raw.GET, mid, token) + body
@@ -122,14 +138,14 @@ async def test_critical_option_with_bad_length_is_402(server, client):
     assert code_str(reply.code) == "4.02"
 
 
-async def test_unknown_elective_option_is_ignored(server):
+async def test_unknown_elective_option_is_ignored(server, client):
     data, mid, token = request_bytes(server, options=[(65004, b"x"), (raw.OPT_ACCEPT, b"")])
     reply = await server.raw_exchange(data)
     assert reply is not None and (reply.mtype, reply.mid) == (raw.ACK, mid)
     assert code_str(reply.code) == "2.05" and reply.payload == DEVICE["manufacturer"].encode()
 
 
-async def test_non_request_gets_non_response(server):
+async def test_non_request_gets_non_response(server, client):
     data, _, token = request_bytes(server, mtype=raw.NON, options=[(raw.OPT_ACCEPT, b"")])
     reply = await server.raw_exchange(data)
     assert reply is not None and bytes(reply.token) == token

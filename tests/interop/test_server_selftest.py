@@ -390,6 +390,8 @@ async def test_register_without_ep_or_with_bad_links_is_rejected(server, fake):
 async def test_forget_gives_404_then_reregister(server, registered):
     old = server.registration()
     server.forget()
+    # DM requests still reach the client at its last known address (ETS int-105 needs this).
+    assert (await server.client(registered.ep).read("/3/0/0")).text == "Acme"
     resp = await registered.update()
     assert int(resp.code) == 0x84
     await registered.register()
@@ -517,7 +519,9 @@ async def test_observe_rst_detects_non_notifications_after_cancel(server, regist
     obs = await client.observe("/3/0/13")
     await obs.take(2, 2)
     await client.cancel_observe(obs, "rst")
-    await asyncio.sleep(0.7)
+    deadline = server.now() + 3
+    while len(obs.after_cancel) < 2 and server.now() < deadline:
+        await asyncio.sleep(0.05)
     assert len(obs.after_cancel) >= 2
     assert all(m.mtype == 1 for _, m in obs.after_cancel)  # NON
     with pytest.raises(AssertionError, match="after cancellation"):
@@ -625,10 +629,13 @@ async def test_launcher_reports_an_exiting_daemon(server, tmp_path):
 
 
 async def test_launcher_kills_a_daemon_that_ignores_sigterm(server, tmp_path):
-    daemon = Lwm2md(
-        server, tmp_path / "run", binary=_wrapper(tmp_path, "lwm2md", "trap '' TERM; exec sleep 1000")
-    )
+    binary = _wrapper(tmp_path, "lwm2md", "trap '' TERM; echo ready; exec sleep 1000")
+    daemon = Lwm2md(server, tmp_path / "run", binary=binary)
     await daemon.start()
+    deadline = server.now() + 5
+    while "ready" not in daemon.log_text():  # SIGTERM before the trap would simply kill the shell
+        assert server.now() < deadline, "stand-in never got ready"
+        await asyncio.sleep(0.02)
     with pytest.raises(DaemonError, match="did not exit within 0.5 s"):
         await daemon.terminate(0.5)
     assert not daemon.running
