@@ -491,7 +491,9 @@ class Lwm2mServer:
     def _dispatch(self, message: Message) -> None:
         """Sees every incoming datagram before aiocoap does."""
         now = self.now()
-        self.wire.append(WireRecord(now, message))
+        # A copy: aiocoap's block-wise reassembly later mutates the first response in place
+        # (payload and Block2 option), which would rewrite history here.
+        self.wire.append(WireRecord(now, message.copy()))
         try:
             if self._intercept(message, now):
                 return
