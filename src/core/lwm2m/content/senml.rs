@@ -121,68 +121,109 @@ impl Names {
     }
 }
 
+/// Receives records from a syntax layer one at a time, so a pack is never held twice in memory
+/// and the first bad record ends decoding.
+pub(super) trait Sink {
+    /// Takes the next record of the pack.
+    fn push(&mut self, raw: RawRecord) -> Result<(), ContentError>;
+}
+
 /// Turns raw records into typed records below `base` (the `decode` of both SenML formats).
-pub(super) fn resolve(
+pub(super) struct Resolver<'a> {
     format: &'static str,
-    base: &Path,
-    raws: Vec<RawRecord>,
-    schema: &dyn Schema,
-) -> Result<Decoded, ContentError> {
-    let mut names = Names::new();
-    let mut seen = BTreeSet::new();
-    let mut records = Vec::new();
-    let mut containers = Vec::new();
-    for (index, mut raw) in raws.into_iter().enumerate() {
-        let path = names.resolve(format, index, &mut raw)?;
-        if !is_value_path(&path) {
-            return Err(ContentError::malformed(
-                format,
-                format!("record {index}: {path} is not a resource or resource instance"),
-            ));
+    base: &'a Path,
+    schema: &'a dyn Schema,
+    names: Names,
+    seen: BTreeSet<Path>,
+    decoded: Decoded,
+}
+
+impl<'a> Resolver<'a> {
+    pub(super) fn new(format: &'static str, base: &'a Path, schema: &'a dyn Schema) -> Self {
+        Self {
+            format,
+            base,
+            schema,
+            names: Names::new(),
+            seen: BTreeSet::new(),
+            decoded: Decoded::default(),
         }
-        if !path.starts_with(base) {
-            return Err(ContentError::OutsideBase { path, base: *base });
-        }
-        if !seen.insert(path) {
-            return Err(ContentError::malformed(
-                format,
-                format!("record {index}: {path} appears twice"),
-            ));
-        }
-        let raw_value = raw.value.ok_or_else(|| {
-            ContentError::malformed(format, format!("record {index}: {path} has no value"))
-        })?;
-        let value = typed(&path, natural(format, &path, raw_value)?, schema)?;
-        containers.push(path.truncate(2));
-        if path.len() == 4 {
-            containers.push(path.parent());
-        }
-        records.push(Record::new(path, value));
     }
-    Ok(Decoded {
-        records,
-        containers: sorted_unique(containers),
-    })
+
+    /// The records in pack order and the containers they imply.
+    pub(super) fn finish(mut self) -> Decoded {
+        self.decoded.containers = sorted_unique(self.decoded.containers);
+        self.decoded
+    }
+
+    fn malformed(&self, why: String) -> ContentError {
+        ContentError::malformed(self.format, format!("record {}: {why}", self.seen.len()))
+    }
+}
+
+impl Sink for Resolver<'_> {
+    fn push(&mut self, mut raw: RawRecord) -> Result<(), ContentError> {
+        let path = self.names.resolve(self.format, self.seen.len(), &mut raw)?;
+        if !is_value_path(&path) {
+            return Err(self.malformed(format!("{path} is not a resource or resource instance")));
+        }
+        if !path.starts_with(self.base) {
+            return Err(ContentError::OutsideBase {
+                path,
+                base: *self.base,
+            });
+        }
+        let Some(raw_value) = raw.value else {
+            return Err(self.malformed(format!("{path} has no value")));
+        };
+        if !self.seen.insert(path) {
+            return Err(self.malformed(format!("{path} appears twice")));
+        }
+        let value = typed(&path, natural(self.format, &path, raw_value)?, self.schema)?;
+        self.decoded.containers.push(path.truncate(2));
+        if path.len() == 4 {
+            self.decoded.containers.push(path.parent());
+        }
+        self.decoded.records.push(Record::new(path, value));
+        Ok(())
+    }
 }
 
 /// Resolves the names of a path list (`decode_paths`): any depth, no values allowed.
-pub(super) fn resolve_paths(
+pub(super) struct PathResolver {
     format: &'static str,
-    raws: Vec<RawRecord>,
-) -> Result<Vec<Path>, ContentError> {
-    let mut names = Names::new();
-    let mut paths = Vec::with_capacity(raws.len());
-    for (index, mut raw) in raws.into_iter().enumerate() {
-        let path = names.resolve(format, index, &mut raw)?;
+    names: Names,
+    paths: Vec<Path>,
+}
+
+impl PathResolver {
+    pub(super) fn new(format: &'static str) -> Self {
+        Self {
+            format,
+            names: Names::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// The paths in pack order.
+    pub(super) fn finish(self) -> Vec<Path> {
+        self.paths
+    }
+}
+
+impl Sink for PathResolver {
+    fn push(&mut self, mut raw: RawRecord) -> Result<(), ContentError> {
+        let index = self.paths.len();
+        let path = self.names.resolve(self.format, index, &mut raw)?;
         if raw.value.is_some() {
             return Err(ContentError::malformed(
-                format,
+                self.format,
                 format!("record {index}: a path list carries no values"),
             ));
         }
-        paths.push(path);
+        self.paths.push(path);
+        Ok(())
     }
-    Ok(paths)
 }
 
 /// The value in the format's own type, before the schema gets a say.

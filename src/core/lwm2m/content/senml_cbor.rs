@@ -10,7 +10,7 @@ use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
 use super::cbor::{self, datatype, decode_error, encode_error};
-use super::senml::{self, RawRecord, RawValue};
+use super::senml::{self, PathResolver, RawRecord, RawValue, Resolver, Sink};
 use super::{ContentError, Decoded, Schema};
 use crate::core::lwm2m::path::Path;
 use crate::core::lwm2m::value::{Record, Value};
@@ -82,28 +82,33 @@ fn put_label(
 
 /// Decodes an untrusted payload sent to `base`.
 pub fn decode(base: &Path, payload: &[u8], schema: &dyn Schema) -> Result<Decoded, ContentError> {
-    senml::resolve(FORMAT, base, parse(payload)?, schema)
+    let mut resolver = Resolver::new(FORMAT, base, schema);
+    parse(payload, &mut resolver)?;
+    Ok(resolver.finish())
 }
 
 /// Decodes a path list (records with names and no values).
 pub fn decode_paths(payload: &[u8]) -> Result<Vec<Path>, ContentError> {
-    senml::resolve_paths(FORMAT, parse(payload)?)
+    let mut resolver = PathResolver::new(FORMAT);
+    parse(payload, &mut resolver)?;
+    Ok(resolver.finish())
 }
 
-/// The syntax layer: one array of maps, nothing after it.
-fn parse(payload: &[u8]) -> Result<Vec<RawRecord>, ContentError> {
+/// The syntax layer: one array of maps, nothing after it; each record goes to `sink`.
+fn parse(payload: &[u8], sink: &mut dyn Sink) -> Result<(), ContentError> {
     let mut d = Decoder::new(payload);
     let declared = d.array().map_err(|e| decode_error(FORMAT, &e))?;
-    let mut records = Vec::new();
-    // The declared length is attacker data: never preallocate from it. Every record consumes at
-    // least one byte, so the loop ends at the end of the payload at the latest.
-    while more(&mut d, declared, records.len())? {
-        records.push(record(&mut d)?);
+    // The declared length is attacker data: it only ever counts records actually read. Every
+    // record consumes at least one byte, so the loop ends at the end of the payload at the latest.
+    let mut count = 0;
+    while more(&mut d, declared, count)? {
+        sink.push(record(&mut d)?)?;
+        count += 1;
     }
     if d.position() != payload.len() {
         return Err(cbor::trailing(FORMAT, d.position()));
     }
-    Ok(records)
+    Ok(())
 }
 
 /// True while a definite container has items left, or an indefinite one has not hit its break

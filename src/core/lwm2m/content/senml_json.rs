@@ -10,9 +10,9 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::senml::{self, RawRecord, RawValue};
+use super::senml::{self, PathResolver, RawRecord, RawValue, Resolver, Sink};
 use super::{ContentError, Decoded, Schema, cbor};
 use crate::core::lwm2m::path::Path;
 use crate::core::lwm2m::value::{Record, Value};
@@ -51,44 +51,96 @@ pub fn encode(base: &Path, records: &[Record]) -> Result<Vec<u8>, ContentError> 
             vd: None,
             vlo: None,
         };
-        match &record.value {
-            Value::Integer(v) | Value::Time(v) => rec.v = Some((*v).into()),
-            Value::Unsigned(v) => rec.v = Some((*v).into()),
-            Value::Float(v) => {
-                // JSON has no NaN or infinity.
-                rec.v =
-                    Some(
-                        serde_json::Number::from_f64(*v).ok_or_else(|| ContentError::Type {
-                            path: record.path,
-                            reason: format!("{v} cannot be written in JSON"),
-                        })?,
-                    );
-            }
-            Value::String(s) | Value::Corelnk(s) => rec.vs = Some(s),
-            Value::Boolean(b) => rec.vb = Some(*b),
-            Value::Opaque(bytes) => rec.vd = Some(URL_SAFE_NO_PAD.encode(bytes)),
-            Value::Objlnk(o, i) => rec.vlo = Some(format!("{o}:{i}")),
-        }
+        set_value_field(&mut rec, record)?;
         out.push(rec);
     }
     serde_json::to_vec(&out).map_err(|e| ContentError::malformed(FORMAT, e.to_string()))
 }
 
+/// Fills the one value field that `record`'s type uses.
+fn set_value_field<'a>(rec: &mut OutRecord<'a>, record: &'a Record) -> Result<(), ContentError> {
+    match &record.value {
+        Value::Integer(v) | Value::Time(v) => rec.v = Some((*v).into()),
+        Value::Unsigned(v) => rec.v = Some((*v).into()),
+        Value::Float(v) => {
+            // JSON has no NaN or infinity.
+            let number = serde_json::Number::from_f64(*v).ok_or_else(|| ContentError::Type {
+                path: record.path,
+                reason: format!("{v} cannot be written in JSON"),
+            })?;
+            rec.v = Some(number);
+        }
+        Value::String(s) | Value::Corelnk(s) => rec.vs = Some(s),
+        Value::Boolean(b) => rec.vb = Some(*b),
+        Value::Opaque(bytes) => rec.vd = Some(URL_SAFE_NO_PAD.encode(bytes)),
+        Value::Objlnk(o, i) => rec.vlo = Some(format!("{o}:{i}")),
+    }
+    Ok(())
+}
+
 /// Decodes an untrusted payload sent to `base`.
 pub fn decode(base: &Path, payload: &[u8], schema: &dyn Schema) -> Result<Decoded, ContentError> {
-    senml::resolve(FORMAT, base, parse(payload)?, schema)
+    let mut resolver = Resolver::new(FORMAT, base, schema);
+    parse(payload, &mut resolver)?;
+    Ok(resolver.finish())
 }
 
 /// Decodes a path list (records with names and no values).
 pub fn decode_paths(payload: &[u8]) -> Result<Vec<Path>, ContentError> {
-    senml::resolve_paths(FORMAT, parse(payload)?)
+    let mut resolver = PathResolver::new(FORMAT);
+    parse(payload, &mut resolver)?;
+    Ok(resolver.finish())
 }
 
-/// The syntax layer: a JSON array of records, nothing after it but whitespace.
-fn parse(payload: &[u8]) -> Result<Vec<RawRecord>, ContentError> {
-    let pack: Vec<JsonRecord> = serde_json::from_slice(payload)
-        .map_err(|e| ContentError::malformed(FORMAT, e.to_string()))?;
-    Ok(pack.into_iter().map(|r| r.0).collect())
+/// The syntax layer: a JSON array of records, nothing after it but whitespace; each record goes
+/// to `sink` as soon as it is parsed.
+fn parse(payload: &[u8], sink: &mut dyn Sink) -> Result<(), ContentError> {
+    let mut rejected = None;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let pack = Pack {
+        sink,
+        rejected: &mut rejected,
+    };
+    let result = pack.deserialize(&mut de).and_then(|()| de.end());
+    // A record the sink refused carries a precise error (Type, OutsideBase...): prefer it over
+    // the generic serde error that unwound the parser.
+    match (result, rejected) {
+        (_, Some(error)) => Err(error),
+        (Err(e), None) => Err(ContentError::malformed(FORMAT, e.to_string())),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// The top-level array, fed record by record into a sink.
+struct Pack<'s> {
+    sink: &'s mut dyn Sink,
+    rejected: &'s mut Option<ContentError>,
+}
+
+impl<'de> DeserializeSeed<'de> for Pack<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pack<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a SenML pack (a JSON array)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(JsonRecord(raw)) = seq.next_element()? {
+            if let Err(error) = self.sink.push(raw) {
+                *self.rejected = Some(error);
+                return Err(de::Error::custom("record rejected"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A record read from JSON.

@@ -266,17 +266,59 @@ struct Element<'a> {
     value_at: usize,
 }
 
-/// Splits `bytes` (which starts at payload offset `origin`) into consecutive elements. Each
-/// element takes at least two bytes, so the list is bounded by the payload size.
-fn elements(bytes: &[u8], origin: usize) -> Result<Vec<Element<'_>>, ContentError> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let (element, next) = element_at(bytes, pos, origin)?;
-        out.push(element);
-        pos = next;
+/// The elements of one nesting level, parsed one at a time (nothing is collected, so a bad
+/// element fails before the rest is looked at), with duplicate ids refused: which of two
+/// elements with the same id should win is undefined.
+struct Level<'a> {
+    bytes: &'a [u8],
+    /// Payload offset of `bytes[0]`, for error messages.
+    origin: usize,
+    pos: usize,
+    seen: BTreeSet<u16>,
+}
+
+impl<'a> Level<'a> {
+    fn new(bytes: &'a [u8], origin: usize) -> Self {
+        Self {
+            bytes,
+            origin,
+            pos: 0,
+            seen: BTreeSet::new(),
+        }
     }
-    Ok(out)
+
+    /// The elements nested in `e`.
+    fn inside(e: &Element<'a>) -> Self {
+        Self::new(e.value, e.value_at)
+    }
+
+    /// The first element, when it is the only one, without consuming it.
+    fn only(&self) -> Option<Element<'a>> {
+        match element_at(self.bytes, 0, self.origin) {
+            Ok((e, end)) if end == self.bytes.len() => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The kind of the first element, without consuming it.
+    fn first_kind(&self) -> Option<Kind> {
+        self.bytes.first().map(|&b| Kind::from_type_byte(b))
+    }
+
+    fn next_element(&mut self) -> Result<Option<Element<'a>>, ContentError> {
+        if self.pos >= self.bytes.len() {
+            return Ok(None);
+        }
+        let (e, next) = element_at(self.bytes, self.pos, self.origin)?;
+        self.pos = next;
+        if !self.seen.insert(e.id) {
+            return Err(ContentError::malformed(
+                FORMAT,
+                format!("id {} appears twice (byte {})", e.id, e.at),
+            ));
+        }
+        Ok(Some(e))
+    }
 }
 
 /// Parses the element starting at `pos`; returns it and the position after it.
@@ -331,7 +373,7 @@ fn read_be(bytes: &[u8], pos: usize, width: usize) -> Option<u32> {
 
 /// Decodes an untrusted payload sent to `base`, typing values with `schema`.
 pub fn decode(base: &Path, payload: &[u8], schema: &dyn Schema) -> Result<Decoded, ContentError> {
-    let top = elements(payload, 0)?;
+    let top = Level::new(payload, 0);
     let mut reader = Reader {
         base,
         schema,
@@ -341,10 +383,10 @@ pub fn decode(base: &Path, payload: &[u8], schema: &dyn Schema) -> Result<Decode
     match base.len() {
         // Object ids are not in the format, so nothing can be addressed from the root.
         0 => return Err(ContentError::Unsupported(cf::TLV)),
-        1 => reader.object(&top)?,
-        2 => reader.instance(&top)?,
-        3 => reader.resource(&top)?,
-        _ => reader.resource_instance(&top)?,
+        1 => reader.object(top)?,
+        2 => reader.instance(top)?,
+        3 => reader.resource(top)?,
+        _ => reader.resource_instance(top)?,
     }
     Ok(Decoded {
         records: reader.records,
@@ -362,12 +404,11 @@ struct Reader<'s> {
 
 impl Reader<'_> {
     /// Base `/O`: only Object Instance TLVs at the top.
-    fn object(&mut self, top: &[Element<'_>]) -> Result<(), ContentError> {
-        unique_ids(top)?;
-        for e in top {
-            expect_kind(e, &[Kind::ObjectInstance], "at object level")?;
-            let path = child(self.base, e)?;
-            self.wrapped_instance(path, e)?;
+    fn object(&mut self, mut top: Level<'_>) -> Result<(), ContentError> {
+        while let Some(e) = top.next_element()? {
+            expect_kind(&e, &[Kind::ObjectInstance], "at object level")?;
+            let path = child(self.base, &e)?;
+            self.wrapped_instance(path, &e)?;
         }
         Ok(())
     }
@@ -375,38 +416,36 @@ impl Reader<'_> {
     /// The body of an Object Instance TLV at `path`.
     fn wrapped_instance(&mut self, path: Path, e: &Element<'_>) -> Result<(), ContentError> {
         self.containers.push(path);
-        let inner = elements(e.value, e.value_at)?;
-        self.resources(path, &inner)
+        self.resources(path, Level::inside(e))
     }
 
     /// Base `/O/I`: flat resources, or leniently one Object Instance TLV naming the same instance
     /// (some servers wrap even when the path names the instance).
-    fn instance(&mut self, top: &[Element<'_>]) -> Result<(), ContentError> {
-        match top {
-            [e] if e.kind == Kind::ObjectInstance => {
-                let path = child(&self.base.parent(), e)?;
+    fn instance(&mut self, top: Level<'_>) -> Result<(), ContentError> {
+        match top.only() {
+            Some(e) if e.kind == Kind::ObjectInstance => {
+                let path = child(&self.base.parent(), &e)?;
                 if path != *self.base {
                     return Err(ContentError::OutsideBase {
                         path,
                         base: *self.base,
                     });
                 }
-                self.wrapped_instance(path, e)
+                self.wrapped_instance(path, &e)
             }
             _ => self.resources(*self.base, top),
         }
     }
 
     /// Resource and Multiple Resource TLVs of the instance at `instance`.
-    fn resources(&mut self, instance: Path, elements: &[Element<'_>]) -> Result<(), ContentError> {
-        unique_ids(elements)?;
-        for e in elements {
+    fn resources(&mut self, instance: Path, mut level: Level<'_>) -> Result<(), ContentError> {
+        while let Some(e) = level.next_element()? {
             expect_kind(
-                e,
+                &e,
                 &[Kind::Resource, Kind::MultipleResource],
                 "inside an object instance",
             )?;
-            self.one_resource(child(&instance, e)?, e)?;
+            self.one_resource(child(&instance, &e)?, &e)?;
         }
         Ok(())
     }
@@ -415,27 +454,25 @@ impl Reader<'_> {
     fn one_resource(&mut self, path: Path, e: &Element<'_>) -> Result<(), ContentError> {
         if e.kind == Kind::MultipleResource {
             self.containers.push(path);
-            let inner = elements(e.value, e.value_at)?;
-            self.instances(path, &inner)
+            self.instances(path, Level::inside(e))
         } else {
             self.value(path, e)
         }
     }
 
     /// Resource Instance TLVs of the resource at `resource`.
-    fn instances(&mut self, resource: Path, elements: &[Element<'_>]) -> Result<(), ContentError> {
-        unique_ids(elements)?;
-        for e in elements {
-            expect_kind(e, &[Kind::ResourceInstance], "inside a multiple resource")?;
-            self.value(child(&resource, e)?, e)?;
+    fn instances(&mut self, resource: Path, mut level: Level<'_>) -> Result<(), ContentError> {
+        while let Some(e) = level.next_element()? {
+            expect_kind(&e, &[Kind::ResourceInstance], "inside a multiple resource")?;
+            self.value(child(&resource, &e)?, &e)?;
         }
         Ok(())
     }
 
     /// Base `/O/I/R`: one Resource or Multiple Resource TLV for R, or bare Resource Instance TLVs
-    /// when the resource is (or may be) multi-instance.
-    fn resource(&mut self, top: &[Element<'_>]) -> Result<(), ContentError> {
-        if top.iter().any(|e| e.kind == Kind::ResourceInstance) {
+    /// when the resource is (or may be) multi-instance. The first element decides which.
+    fn resource(&mut self, mut top: Level<'_>) -> Result<(), ContentError> {
+        if top.first_kind() == Some(Kind::ResourceInstance) {
             if self.known_single(self.base) {
                 return Err(ContentError::malformed(
                     FORMAT,
@@ -447,40 +484,38 @@ impl Reader<'_> {
             }
             return self.instances(*self.base, top);
         }
-        unique_ids(top)?;
         let instance = self.base.parent();
-        for e in top {
+        while let Some(e) = top.next_element()? {
             expect_kind(
-                e,
+                &e,
                 &[Kind::Resource, Kind::MultipleResource],
                 "at resource level",
             )?;
-            let path = child(&instance, e)?;
+            let path = child(&instance, &e)?;
             if path != *self.base {
                 return Err(ContentError::OutsideBase {
                     path,
                     base: *self.base,
                 });
             }
-            self.one_resource(path, e)?;
+            self.one_resource(path, &e)?;
         }
         Ok(())
     }
 
     /// Base `/O/I/R/RI`: one Resource Instance TLV for RI.
-    fn resource_instance(&mut self, top: &[Element<'_>]) -> Result<(), ContentError> {
-        unique_ids(top)?;
+    fn resource_instance(&mut self, mut top: Level<'_>) -> Result<(), ContentError> {
         let resource = self.base.parent();
-        for e in top {
-            expect_kind(e, &[Kind::ResourceInstance], "at resource-instance level")?;
-            let path = child(&resource, e)?;
+        while let Some(e) = top.next_element()? {
+            expect_kind(&e, &[Kind::ResourceInstance], "at resource-instance level")?;
+            let path = child(&resource, &e)?;
             if path != *self.base {
                 return Err(ContentError::OutsideBase {
                     path,
                     base: *self.base,
                 });
             }
-            self.value(path, e)?;
+            self.value(path, &e)?;
         }
         Ok(())
     }
@@ -520,18 +555,6 @@ fn expect_kind(e: &Element<'_>, allowed: &[Kind], place: &str) -> Result<(), Con
             FORMAT,
             format!("{} TLV {place} (byte {})", e.kind.name(), e.at),
         ))
-    }
-}
-
-/// Rejects two elements with the same id at one level (which of them would win is undefined).
-fn unique_ids(elements: &[Element<'_>]) -> Result<(), ContentError> {
-    let mut seen = BTreeSet::new();
-    match elements.iter().find(|e| !seen.insert(e.id)) {
-        Some(dup) => Err(ContentError::malformed(
-            FORMAT,
-            format!("id {} appears twice (byte {})", dup.id, dup.at),
-        )),
-        None => Ok(()),
     }
 }
 
