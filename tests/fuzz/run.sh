@@ -9,9 +9,7 @@
 # Set SANITIZER=none for a faster, uninstrumented-for-memory build (the crate forbids unsafe,
 # but its dependencies do not, so AddressSanitizer stays the default).
 #
-# Every target runs, including coap_message: until src/core/coap/codec.rs is implemented its
-# decode is a `todo!()`, so that target "crashes" at once and is reported as FAILED. That is
-# expected and does not stop the other targets.
+# Every target runs.
 #
 # Corpora (corpus/<target>/) and crash inputs (artifacts/<target>/) are git-ignored; the first
 # run seeds each corpus with a few valid inputs so the fuzzer starts from real structure.
