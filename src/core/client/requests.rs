@@ -17,7 +17,7 @@ use crate::core::lwm2m::links;
 use crate::core::lwm2m::path::Path;
 use crate::core::lwm2m::tree::{self, WriteMode};
 use crate::core::lwm2m::value::{Record, Value, parse_exec_args};
-use crate::core::object::{BlockWrite, CoreAction, CtxOutput};
+use crate::core::object::{BlockWrite, CoreAction, Ctx, CtxOutput, Object};
 use crate::model::ResourceType;
 
 /// How long an unfinished Block1 body or a cached Block2 representation is kept (EXCHANGE_LIFETIME).
@@ -170,10 +170,8 @@ impl Client {
                 1 => self.create(now, ssid, msg, path, body, outputs),
                 2 => self.write(now, ssid, msg, path, body, WriteMode::Update, outputs),
                 3 => {
-                    let meta = self.registry.resource_meta(
-                        path.object_id().unwrap_or(0),
-                        path.resource_id().unwrap_or(0),
-                    );
+                    let (oid, _, rid) = ids(path);
+                    let meta = self.registry.resource_meta(oid, rid);
                     match meta {
                         Some(m) if m.operations.execute => {
                             self.execute(now, ssid, path, body, outputs)
@@ -683,18 +681,10 @@ impl Client {
     ) -> Result<Message, Error> {
         self.check_present(now, path)?;
         let args = parse_exec_args(body).map_err(Error::BadRequest)?;
-        let (oid, iid, rid) = (
-            path.object_id().unwrap_or(0),
-            path.instance_id().unwrap_or(0),
-            path.resource_id().unwrap_or(0),
-        );
-        let (result, out) = self.with_ctx(now, Some(ssid), |reg, ctx| {
-            reg.get_mut(oid)
-                .ok_or(Error::NotFound)?
-                .execute(ctx, iid, rid, &args)
-        });
-        outputs.push((oid, out));
-        result?;
+        let (oid, iid, rid) = ids(path);
+        self.call_object(now, ssid, oid, outputs, |o, ctx| {
+            o.execute(ctx, iid, rid, &args)
+        })?;
         log::info!("server {ssid}: executed {path}");
         Ok(Message::response(Code::CHANGED))
     }
@@ -761,14 +751,11 @@ impl Client {
                 tree::check_value(meta, &r.path, r.value)?,
             ));
         }
-        let (result, mut out) = self.with_ctx(now, Some(ssid), |reg, ctx| {
-            reg.get_mut(oid)
-                .ok_or(Error::NotFound)?
-                .create(ctx, iid, &records)
-        });
-        result?;
-        out.actions.push(CoreAction::ObjectListChanged);
-        outputs.push((oid, out));
+        self.call_object(now, ssid, oid, outputs, |o, ctx| {
+            o.create(ctx, iid, &records)?;
+            ctx.action(CoreAction::ObjectListChanged);
+            Ok(())
+        })?;
         log::info!("server {ssid}: created /{oid}/{iid}");
         let mut resp = Message::response(Code::CREATED);
         resp.add_option(opt::LOCATION_PATH, oid.to_string().into_bytes());
@@ -787,23 +774,37 @@ impl Client {
             return Err(Error::not_allowed("Delete needs an object instance"));
         }
         self.check_present(now, path)?;
-        let (oid, iid) = (
-            path.object_id().unwrap_or(0),
-            path.instance_id().unwrap_or(0),
-        );
-        let (result, mut out) = self.with_ctx(now, Some(ssid), |reg, ctx| {
-            reg.get_mut(oid).ok_or(Error::NotFound)?.delete(ctx, iid)
-        });
-        result?;
+        let (oid, iid, _) = ids(path);
+        self.call_object(now, ssid, oid, outputs, |o, ctx| {
+            o.delete(ctx, iid)?;
+            ctx.changed(*path);
+            ctx.action(CoreAction::ObjectListChanged);
+            Ok(())
+        })?;
         for conn in self.servers.values_mut() {
             conn.attributes.remove_below(path);
         }
         self.persist_dirty = true;
-        out.changed.push(*path);
-        out.actions.push(CoreAction::ObjectListChanged);
-        outputs.push((oid, out));
         log::info!("server {ssid}: deleted {path}");
         Ok(Message::response(Code::DELETED))
+    }
+
+    /// Calls `f` on object `oid` on behalf of server `ssid`; the object's outputs (effects,
+    /// actions) are kept for after the answer, whether or not the call succeeded.
+    fn call_object<T>(
+        &mut self,
+        now: Instant,
+        ssid: u16,
+        oid: u16,
+        outputs: &mut Vec<(u16, CtxOutput)>,
+        f: impl FnOnce(&mut dyn Object, &mut Ctx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (result, out) = self.with_ctx(now, Some(ssid), |reg, ctx| match reg.get_mut(oid) {
+            Some(object) => f(object, ctx),
+            None => Err(Error::NotFound),
+        });
+        outputs.push((oid, out));
+        result
     }
 
     /// 4.04 unless the object, instance, resource and resource instance named by `path` exist.
@@ -930,17 +931,10 @@ impl Client {
                     last: !block.more,
                     total: size1,
                 };
-                let (oid, iid, rid) = (
-                    path.object_id().unwrap_or(0),
-                    path.instance_id().unwrap_or(0),
-                    path.resource_id().unwrap_or(0),
-                );
-                let (result, out) = self.with_ctx(now, Some(ssid), |reg, ctx| {
-                    reg.get_mut(oid)
-                        .ok_or(Error::NotFound)?
-                        .write_block(ctx, iid, rid, &write)
+                let (oid, iid, rid) = ids(path);
+                let result = self.call_object(now, ssid, oid, outputs, |o, ctx| {
+                    o.write_block(ctx, iid, rid, &write)
                 });
-                outputs.push((oid, out));
                 if let Err(e) = result {
                     if let Some(conn) = self.servers.get_mut(&ssid) {
                         conn.block1.retain(|t| t.key != key);
@@ -986,11 +980,7 @@ impl Client {
         if msg.code != Code::PUT || path.len() != 3 || msg.content_format()? != Some(cf::OPAQUE) {
             return Ok(false);
         }
-        let (oid, iid, rid) = (
-            path.object_id().unwrap_or(0),
-            path.instance_id().unwrap_or(0),
-            path.resource_id().unwrap_or(0),
-        );
+        let (oid, iid, rid) = ids(path);
         let Some(object) = self.registry.get(oid) else {
             return Ok(false);
         };
@@ -1000,6 +990,15 @@ impl Client {
                 && object.streams(iid, rid),
         )
     }
+}
+
+/// The (object, instance, resource) ids of `path`, 0 where absent (callers check depth first).
+fn ids(path: &Path) -> (u16, u16, u16) {
+    (
+        path.object_id().unwrap_or(0),
+        path.instance_id().unwrap_or(0),
+        path.resource_id().unwrap_or(0),
+    )
 }
 
 /// The Block2 option of a request, if any.
