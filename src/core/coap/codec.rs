@@ -1,16 +1,18 @@
-//! Wire encoding and strict decoding of CoAP messages over UDP, with coap-lite as the packet codec.
-//! Decoding never panics; everything coap-lite accepts but RFC 7252 forbids is rejected here.
+//! Wire encoding (coap-lite as the packet encoder) and strict decoding of CoAP messages over UDP.
+//! Decoding never panics and rejects everything RFC 7252 forbids.
 //!
-//! coap-lite parses the options; we check the header ourselves before handing it the bytes
-//! (version, TKL, empty messages) and afterwards recompute the exact wire length of what it
-//! returned. Option headers have exactly one encoding per (delta, length), so the recomputed
-//! length equals the datagram length for every well-formed message; it is one byte short when a
-//! payload marker has no payload after it, and any other difference means coap-lite and RFC 7252
-//! disagree about the bytes, which we refuse rather than guess.
+//! Decoding is our own: coap-lite's option parser reads the 2-byte extended forms in host byte
+//! order, which is wrong on big-endian gateways, and accepts some malformed messages. After
+//! parsing we recompute the exact wire length of the result as a cross-check: option headers
+//! have exactly one encoding per (delta, length), so it equals the datagram length for every
+//! well-formed message.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
 use super::message::{Code, Message, MsgType};
+
+/// Options as (number, value) in wire order.
+type Options = Vec<(u16, Vec<u8>)>;
 
 /// The payload marker (RFC 7252 §3).
 const PAYLOAD_MARKER: usize = 1;
@@ -61,10 +63,63 @@ pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
     if bytes.len() < 4 + usize::from(tkl) {
         return Err(CodecError::TooShort);
     }
-    let packet = Packet::from_bytes(bytes).map_err(|e| CodecError::BadOptions(e.to_string()))?;
-    let msg = from_packet(mtype, code, mid, &packet);
+    let (token, rest) = bytes[4..].split_at(usize::from(tkl));
+    let (options, payload) = parse_options(rest)?;
+    let msg = Message {
+        mtype,
+        code,
+        mid,
+        token: token.to_vec(),
+        options,
+        payload: payload.to_vec(),
+    };
     check_length(&msg, bytes.len())?;
     Ok(msg)
+}
+
+/// Parses the options and payload after the token (RFC 7252 §3.1). Done here rather than by
+/// coap-lite: its 2-byte extended delta/length decoding depends on the host's byte order, so it
+/// misreads options ≥ 269 and values ≥ 269 bytes on big-endian gateways (MIPS, PowerPC).
+fn parse_options(mut rest: &[u8]) -> Result<(Options, &[u8]), CodecError> {
+    let bad = |what: &str| CodecError::BadOptions(what.to_string());
+    let mut options = Vec::new();
+    let mut number: u32 = 0;
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == 0xff {
+            if tail.is_empty() {
+                return Err(CodecError::EmptyPayloadAfterMarker);
+            }
+            return Ok((options, tail));
+        }
+        rest = tail;
+        let delta = extended(first >> 4, &mut rest).ok_or_else(|| bad("bad option delta"))?;
+        let len = extended(first & 0x0f, &mut rest).ok_or_else(|| bad("bad option length"))?;
+        number += delta;
+        let number = u16::try_from(number).map_err(|_| bad("option number beyond 65535"))?;
+        if rest.len() < len as usize {
+            return Err(bad("option value runs past the end"));
+        }
+        let (value, tail) = rest.split_at(len as usize);
+        options.push((number, value.to_vec()));
+        rest = tail;
+    }
+    Ok((options, rest))
+}
+
+/// An option delta or length nibble with its extended bytes (13: +1 byte, 14: +2 bytes; 15 is
+/// reserved for the payload marker and invalid here).
+fn extended(nibble: u8, rest: &mut &[u8]) -> Option<u32> {
+    let (value, used) = match nibble {
+        0..=12 => (u32::from(nibble), 0),
+        13 => (u32::from(*rest.first()?) + 13, 1),
+        14 => (
+            u32::from(u16::from_be_bytes(*rest.first_chunk::<2>()?)) + 269,
+            2,
+        ),
+        _ => return None,
+    };
+    *rest = rest.get(used..)?;
+    Some(value)
 }
 
 /// Encodes a message (no size limit here; the caller keeps messages within the path MTU).
@@ -130,23 +185,7 @@ fn check_header(bytes: &[u8]) -> Result<(MsgType, Code, u16, u8), CodecError> {
     ))
 }
 
-/// Our message from coap-lite's packet. The header fields come from our own parse.
-fn from_packet(mtype: MsgType, code: Code, mid: u16, packet: &Packet) -> Message {
-    let options = packet
-        .options()
-        .flat_map(|(number, values)| values.iter().map(|v| (*number, v.clone())))
-        .collect();
-    Message {
-        mtype,
-        code,
-        mid,
-        token: packet.get_token().to_vec(),
-        options,
-        payload: packet.payload.clone(),
-    }
-}
-
-/// Cross-checks coap-lite's parse against the datagram length (see the module docs).
+/// Cross-checks the parse against the datagram length: a message must be exactly its encoding.
 fn check_length(msg: &Message, datagram_len: usize) -> Result<(), CodecError> {
     let expected = wire_len(msg);
     if expected == datagram_len {
