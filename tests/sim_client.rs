@@ -930,3 +930,84 @@ fn reads_decode_identically_in_every_format() {
         (Ok(Some(cf::TEXT)), &b"Acme"[..])
     );
 }
+
+/// Mutated and random datagrams straight into a registered client: no panic, and it keeps
+/// answering. (The cargo-fuzz target `client_datagram` explores the same path further.)
+#[test]
+fn malformed_datagrams_never_stop_the_client() {
+    use rand_chacha::ChaCha12Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    let mut w = World::new(16, 3600, LinkConfig::default());
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
+    let mut rng = ChaCha12Rng::seed_from_u64(99);
+    let templates: Vec<Vec<u8>> = {
+        let mut t = Vec::new();
+        for (code, path, cf, payload) in [
+            (Code::GET, "/3/0", None, &b""[..]),
+            (Code::PUT, "/1/0/1", Some(cf::TEXT), &b"60"[..]),
+            (Code::POST, "/1/0", Some(cf::TLV), &[0xc1, 0x01, 0x3c][..]),
+            (
+                Code::PUT,
+                "/3/0",
+                Some(cf::SENML_JSON),
+                &br#"[{"n":"/3/0/13","v":1}]"#[..],
+            ),
+            (Code::POST, "/3/0/4", None, &b"0='a'"[..]),
+            (
+                Code::FETCH,
+                "/",
+                Some(cf::SENML_CBOR),
+                &[0x81, 0xa1, 0x00, 0x64, b'/', b'3', b'/', b'0'][..],
+            ),
+        ] {
+            let mut m = Message::request(code);
+            m.mid = 0x1000;
+            m.token = vec![1, 2, 3];
+            m.set_uri_path(path);
+            if let Some(f) = cf {
+                m.set_uint_option(opt::CONTENT_FORMAT, u64::from(f));
+            }
+            m.set_option(
+                opt::BLOCK1,
+                BlockOpt::new(0, false, 2).encode().expect("block"),
+            );
+            m.payload = payload.to_vec();
+            t.push(lwm2md::core::coap::codec::encode(&m).expect("encode"));
+        }
+        t
+    };
+    for i in 0..20_000u32 {
+        let mut data = templates[(rng.next_u32() as usize) % templates.len()].clone();
+        match rng.next_u32() % 4 {
+            0 => {
+                let n = (rng.next_u32() % 64) as usize;
+                data = (0..n).map(|_| rng.next_u32() as u8).collect();
+            }
+            1 => data.truncate((rng.next_u32() as usize) % (data.len() + 1)),
+            _ => {
+                for _ in 0..=(rng.next_u32() % 4) {
+                    let at = (rng.next_u32() as usize) % data.len();
+                    data[at] ^= 1 << (rng.next_u32() % 8);
+                }
+            }
+        }
+        // Fresh message IDs so de-duplication does not hide the inputs.
+        if data.len() >= 4 {
+            data[2..4].copy_from_slice(&((i % 60_000) as u16).to_be_bytes());
+        }
+        let now = w.now();
+        w.client.handle_datagram(now, Peer(1), &data);
+        while w.client.poll_transmit().is_some() {}
+        while w.client.poll_effect().is_some() {}
+        while w.client.poll_event().is_some() {}
+    }
+    w.run_for(Duration::from_secs(300));
+    let resp = w
+        .request(get("/3/0/0", None), Duration::from_secs(30))
+        .expect("still answering");
+    assert!(resp.code.is_response(), "{}", resp.code);
+}
