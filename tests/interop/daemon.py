@@ -147,6 +147,8 @@ class Lwm2md:
         self.registration: Event | None = None
         #: Teardown checks for a de-registration unless a test clears this.
         self.expect_deregistration = True
+        #: Extra environment for the process (e.g. NOTIFY_SOCKET for the systemd tests).
+        self.extra_env: dict[str, str] = {}
 
     @property
     def server_config(self) -> dict[str, Any]:
@@ -175,6 +177,7 @@ class Lwm2md:
         self.config_path.write_text(to_toml(self.config))
         env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}  # log to stderr
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as logfile:
             self.proc = await asyncio.create_subprocess_exec(
                 str(self.binary),
