@@ -1011,3 +1011,73 @@ fn malformed_datagrams_never_stop_the_client() {
         .expect("still answering");
     assert!(resp.code.is_response(), "{}", resp.code);
 }
+
+/// RFC 7959 §2.5 late negotiation: the client takes at most 256-byte blocks, so it answers the
+/// first 1024-byte block with SZX 4; the server goes on in 256-byte blocks from that offset.
+#[test]
+fn block1_late_size_negotiation() {
+    let mut w = World::new(17, 300, LinkConfig::default());
+    w.client = {
+        let mut reg = Registry::new();
+        reg.insert(Box::new(Security::new(vec![SecurityAccount::nosec(
+            "coap://server",
+            1,
+        )])));
+        reg.insert(Box::new(Server::new(vec![account(300)])));
+        reg.insert(Box::new(TestFirmware {
+            probe: Arc::clone(&w.probe),
+        }));
+        let config = ClientConfig {
+            block_szx: 4,
+            ..config(17)
+        };
+        Client::new(config, reg, Box::new(VirtualWall(w.origin)), None, w.now())
+    };
+    assert!(
+        w.run_until(Duration::from_secs(30), |w| w.client.status()[0].state
+            == "registered")
+    );
+    let image: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let put = |num: u32, more: bool, szx: u8, payload: &[u8]| {
+        let mut m = Message::request(Code::PUT);
+        m.set_uri_path("/5/0/0");
+        m.set_uint_option(opt::CONTENT_FORMAT, u64::from(cf::OPAQUE));
+        m.set_option(
+            opt::BLOCK1,
+            BlockOpt::new(num, more, szx).encode().expect("block"),
+        );
+        m.payload = payload.to_vec();
+        m
+    };
+    let first = w
+        .request(put(0, true, 6, &image[..1024]), Duration::from_secs(10))
+        .expect("answer");
+    assert_eq!(first.code, Code::CONTINUE);
+    let echo = BlockOpt::decode(first.option(opt::BLOCK1).expect("Block1 echo")).expect("valid");
+    assert_eq!(
+        (echo.num, echo.more, echo.szx),
+        (0, true, 4),
+        "the client asks for 256-byte blocks"
+    );
+    // Continue at offset 1024 in 256-byte blocks: block number 4.
+    let mut offset = 1024;
+    while offset < image.len() {
+        let end = (offset + 256).min(image.len());
+        let more = end < image.len();
+        let resp = w
+            .request(
+                put((offset / 256) as u32, more, 4, &image[offset..end]),
+                Duration::from_secs(10),
+            )
+            .expect("answer");
+        assert_eq!(resp.code, if more { Code::CONTINUE } else { Code::CHANGED });
+        offset = end;
+    }
+    let writes = w.probe.lock().expect("probe").firmware.clone();
+    assert_eq!(writes.first(), Some(&(0, 1024, false)));
+    assert_eq!(writes.iter().map(|(_, n, _)| n).sum::<usize>(), image.len());
+    assert!(
+        writes.windows(2).all(|p| p[0].0 + p[0].1 as u64 == p[1].0),
+        "contiguous: {writes:?}"
+    );
+}
