@@ -3,6 +3,8 @@
 //! See the README's "Architecture" section for the code map and invariants.
 #![forbid(unsafe_code)]
 
+/// A/B slots and boot-loader transactions (GRUB, U-Boot, file-backed fake).
+pub mod ab;
 /// Configuration files and flags → validated `Settings`.
 pub mod config;
 /// The sans-IO protocol core (CoAP, LwM2M, object dispatch).
@@ -22,3 +24,5 @@ pub mod runtime;
 /// Helpers shared by unit tests (a fixed origin for virtual clocks).
 #[cfg(test)]
 mod test_support;
+/// Firmware-update logic without I/O: signed packages, the update procedure.
+pub mod update;

@@ -1,5 +1,6 @@
 //! The thin tokio runtime around the sans-IO core: sockets, timers, signals, effects.
 
+pub mod download;
 pub mod driver;
 pub mod notify;
 pub mod power;

@@ -1,0 +1,81 @@
+//! A/B root-filesystem slots behind one trait: which slot booted, and the boot-loader
+//! transactions of an update (mark the target unbootable, try it once, commit it, revert). Each
+//! state change is one atomic boot-loader write. Backends: GRUB (two env copies with lock files),
+//! U-Boot (`fw_setenv -s` on a redundant environment) and a file-backed fake for tests and the demo.
+//!
+//! (Implementation: another engineer; this file fixes the API the rest of the code uses.)
+
+pub mod detect;
+pub mod exec;
+pub mod fake;
+pub mod grub;
+pub mod uboot;
+
+use std::path::Path;
+
+pub use crate::update::Slot;
+
+/// A boot-loader operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AbError {
+    /// A tool (`grub-editenv`, `fw_setenv`…) failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The boot-loader state cannot be understood; it is never "repaired" by guessing.
+    #[error("boot-loader state is unusable: {0}")]
+    Corrupt(String),
+    /// The U-Boot environment has one copy, which a power cut can destroy.
+    #[error("the U-Boot environment is not redundant; set allow_single_env to accept the risk")]
+    NotRedundant,
+    /// The booted slot cannot be determined, or the sources disagree.
+    #[error("cannot tell which slot is running: {0}")]
+    UnknownBootedSlot(String),
+    /// The operation would touch the running slot.
+    #[error("refusing to {0} the running slot")]
+    RunningSlot(&'static str),
+}
+
+/// The boot loader's view of the slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootState {
+    /// The slot booted when no trial is pending.
+    pub primary: Slot,
+    /// A slot set to be tried once (pending, or being tried now and not yet committed).
+    pub trial: Option<Slot>,
+    /// Whether each slot (A, B) may be booted.
+    pub bootable: [bool; 2],
+}
+
+/// The boot-loader operations of an A/B update.
+pub trait BootSlots: Send {
+    /// The slot the running system booted from.
+    fn booted(&self) -> Result<Slot, AbError>;
+    /// The boot loader's current state.
+    fn state(&self) -> Result<BootState, AbError>;
+    /// Makes `slot` unbootable before it is written. Refuses the booted slot.
+    fn mark_unbootable(&mut self, slot: Slot) -> Result<(), AbError>;
+    /// Boots `slot` once at the next boot; without a commit the boot after falls back.
+    fn set_trial(&mut self, slot: Slot) -> Result<(), AbError>;
+    /// The trial slot booted and is healthy: make it the primary.
+    fn commit(&mut self, slot: Slot) -> Result<(), AbError>;
+    /// Make `to` the primary again and the other slot unbootable.
+    fn revert(&mut self, to: Slot) -> Result<(), AbError>;
+    /// The block device or file of `slot`.
+    fn device(&self, slot: Slot) -> &Path;
+}
