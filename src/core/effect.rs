@@ -2,6 +2,8 @@
 //! The core never performs an effect itself; the runtime executes it and calls
 //! `Client::handle_effect_done` with the outcome.
 
+pub use crate::update::fota::{FwOutcome, FwStep};
+
 /// Identifies one requested effect so its outcome can be routed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EffectId(pub u64);
@@ -16,6 +18,9 @@ pub enum Effect {
     FactoryReset,
     /// Write the core's persistent state (a versioned JSON document) atomically.
     SaveState(serde_json::Value),
+    /// One step of a firmware update (object 5), executed in order: the next step is only
+    /// requested once this one's outcome is known.
+    Firmware(FwStep),
 }
 
 /// How an effect ended.
@@ -25,4 +30,6 @@ pub enum Outcome {
     Done,
     /// It failed; the text names the cause for logs.
     Failed(String),
+    /// The result of a firmware step.
+    Firmware(FwOutcome),
 }

@@ -37,6 +37,16 @@ pub enum CoreAction {
     ObjectListChanged,
 }
 
+/// Something that happened in the core which objects may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// Registered (or registered again) with a server: the network path to it works.
+    Registered {
+        /// Short server id.
+        ssid: u16,
+    },
+}
+
 /// Collected outputs of one object call; drained by the core afterwards.
 #[derive(Debug, Default)]
 pub struct CtxOutput {
@@ -48,6 +58,11 @@ pub struct CtxOutput {
     pub actions: Vec<CoreAction>,
     /// The object's persistent state changed and must be saved.
     pub persist: bool,
+    /// (During a request) do not answer yet: the object releases the answer later, e.g. when
+    /// the effect that consumes a Block1 block is done (flow control for firmware pushes).
+    pub hold: bool,
+    /// (In a later call) answer the held request: success as prepared, or this error.
+    pub release: Option<Result<(), Error>>,
 }
 
 /// What an object sees of the world during one call. Time is an input, never read from the OS.
@@ -82,6 +97,16 @@ impl Ctx<'_> {
     /// Marks the object's persistent state dirty.
     pub fn persist(&mut self) {
         self.out.persist = true;
+    }
+
+    /// Keeps the answer to the request being handled until `release` (in a later call).
+    pub fn hold_response(&mut self) {
+        self.out.hold = true;
+    }
+
+    /// Answers the request held earlier: with the prepared success response, or with `error`.
+    pub fn release_response(&mut self, result: Result<(), Error>) {
+        self.out.release = Some(result);
     }
 }
 
@@ -188,6 +213,20 @@ pub trait Object: Send {
 
     /// The outcome of an effect this object requested.
     fn effect_done(&mut self, _ctx: &mut Ctx<'_>, _id: EffectId, _outcome: &Outcome) {}
+
+    /// Called once when the client starts, after `restore_state` (recovery of interrupted work).
+    fn start(&mut self, _ctx: &mut Ctx<'_>) {}
+
+    /// Something happened in the core (e.g. a registration succeeded).
+    fn core_event(&mut self, _ctx: &mut Ctx<'_>, _event: &CoreEvent) {}
+
+    /// When `handle_timeout` must be called for this object (`None`: no timer).
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// A timer of this object is due.
+    fn handle_timeout(&mut self, _ctx: &mut Ctx<'_>) {}
 
     /// State to persist across restarts (versioned by the object itself).
     fn save_state(&self) -> Option<serde_json::Value> {

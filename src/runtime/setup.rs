@@ -198,6 +198,9 @@ impl Executor for HostExecutor {
                 Effect::SaveState(_) => {
                     return Outcome::Failed("state is saved by the persister".into());
                 }
+                Effect::Firmware(_) => {
+                    return Outcome::Failed("firmware steps go to the firmware worker".into());
+                }
             };
             match result {
                 Ok(()) => Outcome::Done,

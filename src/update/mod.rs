@@ -1,6 +1,7 @@
 //! Firmware update logic that needs no I/O: the signed package format and its streaming
 //! verifier, and the firmware-update procedure (journal, A/B steps, recovery) behind object 5.
 
+pub mod fota;
 pub mod package;
 
 use serde::{Deserialize, Serialize};
