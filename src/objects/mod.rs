@@ -5,6 +5,8 @@
 pub mod connectivity;
 /// Object 3 Device: identity, reboot, power, memory, error codes and time.
 pub mod device;
+/// Object 5 Firmware Update: the LwM2M face of the A/B update procedure.
+pub mod firmware;
 /// Object 0, LwM2M Security.
 pub mod security;
 /// Object 1, LwM2M Server.

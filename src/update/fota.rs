@@ -223,6 +223,8 @@ pub enum FwOutcome {
     Healthy,
     /// It did not within the timeout (AwaitHealthy).
     Unhealthy(String),
+    /// The answer to `Abort` (never routed to the procedure: it completes no step).
+    Aborted,
 }
 
 /// Fixed settings of the procedure.

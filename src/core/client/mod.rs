@@ -173,7 +173,22 @@ pub struct Client {
     next_effect: u64,
     persist_dirty: bool,
     shutting_down: bool,
+    /// Answers an object asked to hold (one per object), by object id.
+    held: BTreeMap<u16, HeldResponse>,
 }
+
+/// A response kept back until its object releases it (see `Ctx::hold_response`).
+#[derive(Debug)]
+struct HeldResponse {
+    ssid: u16,
+    id: super::coap::endpoint::IncomingId,
+    response: Message,
+    since: Instant,
+}
+
+/// A held response not released within this time is answered 5.03 (the server would give up
+/// on the exchange anyway).
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,7 +258,16 @@ impl Client {
             next_effect: 1,
             persist_dirty: false,
             shutting_down: false,
+            held: BTreeMap::new(),
         };
+        for oid in client.registry.ids() {
+            let (_, out) = client.with_ctx(now, None, |reg, ctx| {
+                if let Some(object) = reg.get_mut(oid) {
+                    object.start(ctx);
+                }
+            });
+            client.absorb(now, oid, out);
+        }
         client.handle_timeout(now);
         client
     }
@@ -279,7 +303,74 @@ impl Client {
             self.registration_timers(now, ssid);
             self.observation_timers(now, ssid);
         }
+        self.object_timers(now);
+        self.expire_held(now);
         self.pump(now);
+    }
+
+    fn object_timers(&mut self, now: Instant) {
+        let due: Vec<u16> = self
+            .registry
+            .iter()
+            .filter(|(_, o)| o.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for oid in due {
+            let (_, out) = self.with_ctx(now, None, |reg, ctx| {
+                if let Some(object) = reg.get_mut(oid) {
+                    object.handle_timeout(ctx);
+                }
+            });
+            self.absorb(now, oid, out);
+        }
+    }
+
+    /// Tells every object about a core event.
+    fn object_event(&mut self, now: Instant, event: &super::object::CoreEvent) {
+        for oid in self.registry.ids() {
+            let (_, out) = self.with_ctx(now, None, |reg, ctx| {
+                if let Some(object) = reg.get_mut(oid) {
+                    object.core_event(ctx, event);
+                }
+            });
+            self.absorb(now, oid, out);
+        }
+    }
+
+    fn expire_held(&mut self, now: Instant) {
+        let expired: Vec<u16> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now.saturating_duration_since(h.since) >= HOLD_LIMIT)
+            .map(|(o, _)| *o)
+            .collect();
+        for oid in expired {
+            log::warn!("object {oid} did not release its answer in time; answering 5.03");
+            self.release_held(
+                now,
+                oid,
+                Err(super::lwm2m::error::Error::Unavailable("timed out".into())),
+            );
+        }
+    }
+
+    /// Sends the answer object `oid` held: as prepared, or the error.
+    fn release_held(
+        &mut self,
+        now: Instant,
+        oid: u16,
+        result: Result<(), super::lwm2m::error::Error>,
+    ) {
+        let Some(held) = self.held.remove(&oid) else {
+            return;
+        };
+        let response = match result {
+            Ok(()) => held.response,
+            Err(e) => requests::error_response(&e),
+        };
+        if let Some(conn) = self.servers.get_mut(&held.ssid) {
+            conn.endpoint.respond(now, held.id, response);
+        }
     }
 
     /// A command from the runtime.
@@ -357,6 +448,12 @@ impl Client {
             for obs in conn.observations.values() {
                 take(obs.next_eval);
             }
+        }
+        for (_, object) in self.registry.iter() {
+            take(object.poll_timeout());
+        }
+        for held in self.held.values() {
+            take(Some(held.since + HOLD_LIMIT));
         }
         next
     }
@@ -474,6 +571,9 @@ impl Client {
 
     /// Takes the outputs of an object call: effects, changes, core actions, persistence.
     fn absorb(&mut self, now: Instant, oid: u16, out: CtxOutput) {
+        if let Some(result) = out.release {
+            self.release_held(now, oid, result);
+        }
         for effect in out.effects {
             let id = self.effect_id();
             self.effect_owner.insert(id, oid);

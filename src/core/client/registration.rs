@@ -371,6 +371,7 @@ impl Client {
         // Observations do not survive a new registration (Core §6.2.1); the server re-creates them.
         self.drop_observations(ssid);
         self.events.push_back(Event::Registered { ssid });
+        self.object_event(now, &crate::core::object::CoreEvent::Registered { ssid });
         let wanted = self
             .servers
             .get(&ssid)

@@ -79,8 +79,28 @@ impl Client {
                 error_response(&e)
             }
         };
-        if let Some(conn) = self.servers.get_mut(&ssid) {
-            conn.endpoint.respond(now, id, response);
+        // An object may keep the answer back until an effect is done (flow control of pushes).
+        let holder = outputs
+            .iter()
+            .find(|(_, out)| out.hold)
+            .map(|(oid, _)| *oid);
+        match holder {
+            Some(oid) if response.code.is_success() => {
+                self.held.insert(
+                    oid,
+                    super::HeldResponse {
+                        ssid,
+                        id,
+                        response,
+                        since: now,
+                    },
+                );
+            }
+            _ => {
+                if let Some(conn) = self.servers.get_mut(&ssid) {
+                    conn.endpoint.respond(now, id, response);
+                }
+            }
         }
         // Object outputs (effects, core actions such as Disable) take effect after the answer.
         for (oid, out) in outputs {
