@@ -18,6 +18,7 @@ pub(super) struct Fragment {
     pub(super) server: Option<Vec<ServerFragment>>,
     pub(super) device: Option<DeviceFragment>,
     pub(super) connectivity: Option<ConnectivityFragment>,
+    pub(super) update: Option<UpdateFragment>,
 }
 
 /// `[agent]`.
@@ -92,4 +93,33 @@ pub(super) struct DeviceFragment {
 pub(super) struct ConnectivityFragment {
     pub(super) modem_manager: Option<bool>,
     pub(super) ignore_interfaces: Option<Vec<String>>,
+}
+
+/// `[update]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateFragment {
+    pub(super) backend: Option<String>,
+    pub(super) compatible: Option<String>,
+    pub(super) keys_dir: Option<std::path::PathBuf>,
+    pub(super) revoked_keys: Option<Vec<String>>,
+    pub(super) slot_a: Option<std::path::PathBuf>,
+    pub(super) slot_b: Option<std::path::PathBuf>,
+    pub(super) grub_env_dir: Option<std::path::PathBuf>,
+    pub(super) uboot_config: Option<std::path::PathBuf>,
+    pub(super) uboot_allow_single_env: Option<bool>,
+    pub(super) fake_dir: Option<std::path::PathBuf>,
+    pub(super) health_target: Option<String>,
+    pub(super) health_timeout: Option<i64>,
+    pub(super) require_registration: Option<bool>,
+    pub(super) inhibit_files: Option<Vec<std::path::PathBuf>>,
+    pub(super) defer_retry: Option<i64>,
+    pub(super) checkpoint_bytes: Option<i64>,
+    pub(super) ca_file: Option<std::path::PathBuf>,
+    pub(super) download_connect_timeout: Option<i64>,
+    pub(super) download_idle_timeout: Option<i64>,
+    pub(super) download_timeout: Option<i64>,
+    pub(super) download_retries: Option<i64>,
+    pub(super) download_retry_initial: Option<i64>,
+    pub(super) download_retry_max: Option<i64>,
 }

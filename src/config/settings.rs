@@ -25,6 +25,8 @@ pub struct Settings {
     pub device: DeviceSettings,
     /// `[connectivity]`.
     pub connectivity: ConnectivitySettings,
+    /// `[update]`: firmware updates (object 5); `None` when no backend is configured.
+    pub update: Option<UpdateSettings>,
 }
 
 /// `[agent]`: identity, state and logging.
@@ -125,6 +127,75 @@ pub struct ConnectivitySettings {
     pub modem_manager: bool,
     /// Interfaces left out of /4.
     pub ignore_interfaces: Vec<InterfacePattern>,
+}
+
+/// The boot-loader backend of A/B updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateBackend {
+    /// GRUB with the power-safe two-copy environment in `env_dir`.
+    Grub {
+        /// Directory of the env copies and lock files.
+        env_dir: PathBuf,
+        /// Slot A's block device.
+        slot_a: PathBuf,
+        /// Slot B's block device.
+        slot_b: PathBuf,
+    },
+    /// U-Boot through `fw_setenv -c config`.
+    Uboot {
+        /// The `fw_env.config` file.
+        config: PathBuf,
+        /// Accept a single-copy environment (a power cut during a write can lose it).
+        allow_single_env: bool,
+        /// Slot A's block device.
+        slot_a: PathBuf,
+        /// Slot B's block device.
+        slot_b: PathBuf,
+    },
+    /// File-backed slots and boot state in `dir` (tests and the demo).
+    Fake {
+        /// Directory of the slot files and the boot state.
+        dir: PathBuf,
+    },
+}
+
+/// `[update]`: firmware updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateSettings {
+    /// The boot-loader backend and the slots.
+    pub backend: UpdateBackend,
+    /// This device's compatible string (packages must carry the same).
+    pub compatible: String,
+    /// Directory of trusted public keys (`*.pub`; `*.pub.revoked` are revoked).
+    pub keys_dir: PathBuf,
+    /// Key ids refused even if their key file is present.
+    pub revoked_keys: Vec<String>,
+    /// systemd unit whose activity means "healthy" after a trial boot; `None` skips that check.
+    pub health_target: Option<String>,
+    /// How long a trial boot may take to pass the health gate.
+    pub health_timeout: Duration,
+    /// The health gate also requires a successful registration.
+    pub require_registration: bool,
+    /// An update is deferred while one of these files exists.
+    pub inhibit_files: Vec<PathBuf>,
+    /// How often a deferred update checks again.
+    pub defer_retry: Duration,
+    /// Image bytes between two resume checkpoints of a pull.
+    pub checkpoint_bytes: u64,
+    /// Extra CA certificates (PEM) for `https://` downloads.
+    pub ca_file: Option<PathBuf>,
+    /// Per-attempt connect timeout.
+    pub download_connect_timeout: Duration,
+    /// Give up an attempt after this long without data.
+    pub download_idle_timeout: Duration,
+    /// Give up a download after this long in all.
+    pub download_timeout: Duration,
+    /// Attempts after a lost connection.
+    pub download_retries: u32,
+    /// First back-off between attempts.
+    pub download_retry_initial: Duration,
+    /// Back-off cap.
+    pub download_retry_max: Duration,
 }
 
 /// A Short Server ID: 1..=65534 (0 and 65535 are reserved, LwM2M Core §E.1 /0/x/10).

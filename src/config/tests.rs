@@ -871,3 +871,100 @@ fn value_types_reject_what_validation_rejects() {
     assert!(InterfacePattern::new("").is_none());
     assert!(InterfacePattern::new("a b").is_none());
 }
+
+const SERVER: &str = "[[server]]\nuri = \"coap://s\"\nshort_id = 1\n";
+
+fn from_text(text: &str) -> Result<Settings, ConfigError> {
+    let root = Root::new();
+    Settings::from_toml(text, &Environment::rooted_at(root.dir.path(), Some("gw")))
+}
+
+#[test]
+fn update_section_defaults_and_backends() {
+    let s = from_text(SERVER).expect("valid");
+    assert_eq!(s.update, None, "no backend: firmware updates off");
+    let s = from_text(&format!(
+        "{SERVER}[update]\nbackend = \"uboot\"\ncompatible = \"acme-gw2\"\nslot_a = \"/dev/mmcblk0p2\"\nslot_b = \"/dev/mmcblk0p3\"\n"
+    ))
+    .expect("valid");
+    let u = s.update.expect("update settings");
+    assert_eq!(
+        u.backend,
+        UpdateBackend::Uboot {
+            config: PathBuf::from("/etc/fw_env.config"),
+            allow_single_env: false,
+            slot_a: PathBuf::from("/dev/mmcblk0p2"),
+            slot_b: PathBuf::from("/dev/mmcblk0p3"),
+        }
+    );
+    assert_eq!(u.health_target.as_deref(), Some("boot-complete.target"));
+    assert_eq!(u.health_timeout, Duration::from_secs(600));
+    assert_eq!(u.keys_dir, PathBuf::from("/etc/lwm2md/keys.d"));
+    assert!(u.require_registration);
+    let s = from_text(&format!(
+        "{SERVER}[update]\nbackend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/tmp/slots\"\nhealth_target = \"\"\n"
+    ))
+    .expect("valid");
+    let u = s.update.expect("update settings");
+    assert_eq!(
+        u.backend,
+        UpdateBackend::Fake {
+            dir: PathBuf::from("/tmp/slots")
+        }
+    );
+    assert_eq!(
+        u.health_target, None,
+        "an empty target disables the systemd half of the gate"
+    );
+}
+
+#[test]
+fn update_section_errors_name_the_key() {
+    for (body, key, reason) in [
+        (
+            "backend = \"efi\"\ncompatible = \"x\"",
+            "update.backend",
+            "must be",
+        ),
+        (
+            "backend = \"fake\"\nfake_dir = \"/x\"",
+            "update.compatible",
+            "is required",
+        ),
+        (
+            "backend = \"grub\"\ncompatible = \"x\"\nslot_a = \"/a\"",
+            "update.slot_b",
+            "is required",
+        ),
+        (
+            "backend = \"grub\"\ncompatible = \"x\"\nslot_a = \"a\"\nslot_b = \"/b\"",
+            "update.slot_a",
+            "absolute",
+        ),
+        (
+            "backend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/x\"\nrevoked_keys = [\"ABC\"]",
+            "update.revoked_keys[0]",
+            "16 lowercase hex",
+        ),
+        (
+            "backend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/x\"\nhealth_timeout = 1",
+            "update.health_timeout",
+            "between 10",
+        ),
+        (
+            "backend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/x\"\ndownload_retry_initial = 60\ndownload_retry_max = 5",
+            "update.download_retry_max",
+            "below",
+        ),
+        (
+            "backend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/x\"\nbogus = 1",
+            "bogus",
+            "unknown",
+        ),
+    ] {
+        let err = from_text(&format!("{SERVER}[update]\n{body}\n"))
+            .expect_err(body)
+            .to_string();
+        assert_contains(&err, &[key, reason]);
+    }
+}

@@ -12,7 +12,8 @@ use super::layers::{Layers, Origins};
 use super::settings::{
     AgentSettings, Binding, BlockSize, CoapSettings, ConnectivitySettings, ContentFormat,
     DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion, NotificationMode,
-    ObserveSettings, RegistrationSettings, ServerSettings, Settings, ShortServerId,
+    ObserveSettings, RegistrationSettings, ServerSettings, Settings, ShortServerId, UpdateBackend,
+    UpdateSettings,
 };
 use super::uri::ServerUri;
 use super::{ConfigError, Environment, Origin, Overrides};
@@ -50,6 +51,7 @@ pub(super) fn build(
         servers: v.servers(fragment.server)?,
         device: v.device(fragment.device.unwrap_or_default())?,
         connectivity: v.connectivity(fragment.connectivity.unwrap_or_default())?,
+        update: fragment.update.map(|u| v.update(u)).transpose()?.flatten(),
     })
 }
 
@@ -502,6 +504,162 @@ impl Validator<'_> {
             modem_manager: connectivity.modem_manager.unwrap_or(true),
             ignore_interfaces,
         })
+    }
+}
+
+impl Validator<'_> {
+    fn required_path(&self, key: &str, value: Option<PathBuf>, backend: &str) -> Result<PathBuf> {
+        match value {
+            Some(p) if p.is_absolute() => Ok(p),
+            Some(p) => Err(self.error(
+                key,
+                format!("must be an absolute path, found \"{}\"", p.display()),
+            )),
+            None => Err(self.error(key, format!("is required with backend = \"{backend}\""))),
+        }
+    }
+
+    fn optional_path(&self, key: &str, value: Option<PathBuf>) -> Result<Option<PathBuf>> {
+        match value {
+            Some(p) if !p.is_absolute() => Err(self.error(
+                key,
+                format!("must be an absolute path, found \"{}\"", p.display()),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// `[update]`; `None` when no backend is set (firmware updates off).
+    fn update(&self, u: super::fragments::UpdateFragment) -> Result<Option<UpdateSettings>> {
+        let Some(name) = u.backend.clone() else {
+            return Ok(None);
+        };
+        let backend = match name.as_str() {
+            "grub" => UpdateBackend::Grub {
+                env_dir: self
+                    .optional_path("update.grub_env_dir", u.grub_env_dir)?
+                    .unwrap_or_else(|| PathBuf::from("/boot/grub/lwm2md")),
+                slot_a: self.required_path("update.slot_a", u.slot_a, "grub")?,
+                slot_b: self.required_path("update.slot_b", u.slot_b, "grub")?,
+            },
+            "uboot" => UpdateBackend::Uboot {
+                config: self
+                    .optional_path("update.uboot_config", u.uboot_config)?
+                    .unwrap_or_else(|| PathBuf::from("/etc/fw_env.config")),
+                allow_single_env: u.uboot_allow_single_env.unwrap_or(false),
+                slot_a: self.required_path("update.slot_a", u.slot_a, "uboot")?,
+                slot_b: self.required_path("update.slot_b", u.slot_b, "uboot")?,
+            },
+            "fake" => UpdateBackend::Fake {
+                dir: self.required_path("update.fake_dir", u.fake_dir, "fake")?,
+            },
+            other => {
+                return Err(self.error(
+                    "update.backend",
+                    format!("must be \"grub\", \"uboot\" or \"fake\", found \"{other}\""),
+                ));
+            }
+        };
+        let compatible = match u.compatible {
+            Some(c) if !c.is_empty() && c.len() <= 255 => c,
+            Some(_) => return Err(self.error("update.compatible", "must be 1 to 255 bytes")),
+            None => {
+                return Err(self.error(
+                    "update.compatible",
+                    "is required with a backend: packages for other hardware are refused by it",
+                ));
+            }
+        };
+        let revoked_keys = u.revoked_keys.unwrap_or_default();
+        for (i, id) in revoked_keys.iter().enumerate() {
+            if id.len() != 16
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(self.error(
+                    &format!("update.revoked_keys[{i}]"),
+                    format!("must be a key id of 16 lowercase hex digits, found \"{id}\""),
+                ));
+            }
+        }
+        let inhibit_files = u.inhibit_files.unwrap_or_default();
+        for (i, p) in inhibit_files.iter().enumerate() {
+            if !p.is_absolute() {
+                return Err(self.error(
+                    &format!("update.inhibit_files[{i}]"),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        let retry_initial = self.seconds(
+            "update.download_retry_initial",
+            u.download_retry_initial,
+            5,
+            1,
+        )?;
+        let retry_max = self.seconds("update.download_retry_max", u.download_retry_max, 300, 1)?;
+        if retry_max < retry_initial {
+            return Err(self.error(
+                "update.download_retry_max",
+                "must not be below download_retry_initial",
+            ));
+        }
+        Ok(Some(UpdateSettings {
+            backend,
+            compatible,
+            keys_dir: self
+                .optional_path("update.keys_dir", u.keys_dir)?
+                .unwrap_or_else(|| PathBuf::from("/etc/lwm2md/keys.d")),
+            revoked_keys,
+            health_target: match u.health_target {
+                Some(t) if t.is_empty() => None,
+                Some(t) => Some(t),
+                None => Some("boot-complete.target".to_owned()),
+            },
+            health_timeout: self.seconds("update.health_timeout", u.health_timeout, 600, 10)?,
+            require_registration: u.require_registration.unwrap_or(true),
+            inhibit_files,
+            defer_retry: self.seconds("update.defer_retry", u.defer_retry, 60, 1)?,
+            checkpoint_bytes: self
+                .int(
+                    "update.checkpoint_bytes",
+                    u.checkpoint_bytes,
+                    4 << 20,
+                    64 << 10,
+                    1 << 30,
+                )?
+                .unsigned_abs(),
+            ca_file: self.optional_path("update.ca_file", u.ca_file)?,
+            download_connect_timeout: self.seconds(
+                "update.download_connect_timeout",
+                u.download_connect_timeout,
+                30,
+                1,
+            )?,
+            download_idle_timeout: self.seconds(
+                "update.download_idle_timeout",
+                u.download_idle_timeout,
+                60,
+                1,
+            )?,
+            download_timeout: self.seconds(
+                "update.download_timeout",
+                u.download_timeout,
+                3600,
+                10,
+            )?,
+            download_retries: u32::try_from(self.int(
+                "update.download_retries",
+                u.download_retries,
+                10,
+                0,
+                1000,
+            )?)
+            .unwrap_or(10),
+            download_retry_initial: retry_initial,
+            download_retry_max: retry_max,
+        }))
     }
 }
 

@@ -74,8 +74,13 @@ pub async fn drive(
     persister: Box<dyn Persister>,
     supervisor: &(dyn Supervisor + Sync),
     mut commands: mpsc::Receiver<Command>,
+    firmware: Option<Firmware>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DriveError> {
+    let (firmware, mut fw_outcomes) = match firmware {
+        Some(f) => (Some(f.handle), Some(f.outcomes)),
+        None => (None, None),
+    };
     let (tx, mut rx) = mpsc::channel::<Input>(256);
     let (dgram_tx, mut dgram_rx) = mpsc::channel::<Received>(256);
     let (persist_tx, persist_task) = spawn_persister(persister);
@@ -111,6 +116,18 @@ pub async fn drive(
                     // `watch` keeps only the newest document: states are snapshots, not deltas.
                     let _ = persist_tx.send(Some(state));
                 }
+                Effect::Firmware(step) => match &firmware {
+                    Some(worker) => {
+                        if let Some((id, outcome)) = worker.submit(id, step) {
+                            client.handle_effect_done(Instant::now(), id, outcome);
+                        }
+                    }
+                    None => client.handle_effect_done(
+                        Instant::now(),
+                        id,
+                        Outcome::Failed("firmware updates are not configured".into()),
+                    ),
+                },
                 other => {
                     let executor = Arc::clone(&executor);
                     let tx = tx.clone();
@@ -152,6 +169,7 @@ pub async fn drive(
             }
             Some(d) = dgram_rx.recv() => client.handle_datagram(Instant::now(), d.peer, &d.data),
             Some(command) = commands.recv() => client.handle_command(Instant::now(), command),
+            Some((id, outcome)) = recv_opt(&mut fw_outcomes) => client.handle_effect_done(Instant::now(), id, outcome),
             Some(input) = rx.recv() => match input {
                 Input::Opened(peer, Ok(socket)) => {
                     log::info!("server {}: using {}", peer.0, socket.remote());
@@ -191,6 +209,23 @@ pub async fn drive(
         .await
         .map_err(|e| DriveError::Persist(e.to_string()))?;
     Ok(())
+}
+
+/// The firmware worker as the driver sees it: where steps go and where their outcomes come from.
+#[derive(Debug)]
+pub struct Firmware {
+    /// Submits steps.
+    pub handle: super::firmware::FirmwareHandle,
+    /// Outcomes of submitted steps.
+    pub outcomes: mpsc::Receiver<(EffectId, Outcome)>,
+}
+
+/// Receives from an optional channel (pending forever when there is none).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts opening the socket for `peer` (resolution happens in the background).

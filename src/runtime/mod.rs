@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod driver;
+pub mod firmware;
 pub mod notify;
 pub mod power;
 pub mod setup;
@@ -60,7 +61,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let notifier = notify::Notifier::from_env()?;
     let executor = Arc::new(setup::HostExecutor::new(settings.device.clone()));
     let persister = Box::new(setup::StorePersister::new(store, CORE_STATE));
-    driver::drive(client, executor, persister, &notifier, commands, shutdown).await?;
+    driver::drive(
+        client, executor, persister, &notifier, commands, None, shutdown,
+    )
+    .await?;
     log::info!("lwm2md stopped");
     Ok(())
 }

@@ -1,0 +1,452 @@
+//! The transfer pipelines: package bytes (pushed with Block1, or pulled by a download) go
+//! through the streaming verifier into the slot writer. A pull runs the download on the runtime
+//! and the verification on a blocking thread, joined by a bounded channel (the slower side sets
+//! the pace; nothing is buffered beyond a few pieces), and leaves checkpoints so a lost connection
+//! or a restart resumes at a verified chunk boundary.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::AbortSignal;
+use super::slot::SlotWriter;
+use crate::core::effect::FwOutcome;
+use crate::persist::Store;
+use crate::runtime::download::{self, DownloadConfig, DownloadError, FetchRequest};
+use crate::update::fota::{Journal, PkgInfo};
+use crate::update::package::{
+    ImageSink, Manifest, PackageError, PackageReader, Policy, TrustedKeys, Verified,
+};
+use crate::update::result;
+
+/// The resume checkpoint's document name.
+pub const CHECKPOINT: &str = "firmware-download";
+/// Pieces in flight between the download and the verifier.
+const CHANNEL_DEPTH: usize = 16;
+
+/// What the pipelines need.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Trusted signing keys.
+    pub keys: Arc<TrustedKeys>,
+    /// This device's compatible string.
+    pub compatible: String,
+    /// Download settings for pulls.
+    pub download: DownloadConfig,
+    /// Write a checkpoint after at least this many image bytes.
+    pub checkpoint_bytes: u64,
+}
+
+/// Where an interrupted pull stands (persisted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
+    uri: String,
+    etag: Option<Vec<u8>>,
+    manifest_sha256: [u8; 32],
+    payload_start: u64,
+    chunks_done: u32,
+}
+
+/// One transfer into an open slot.
+#[derive(Debug)]
+pub struct Pipeline {
+    settings: PipelineSettings,
+    store: Arc<Store>,
+    writer: SlotWriter,
+    reader: Option<PackageReader>,
+}
+
+impl Pipeline {
+    /// Opens the target slot. Unless `resume`, any earlier checkpoint is forgotten.
+    pub fn open(
+        settings: PipelineSettings,
+        store: Arc<Store>,
+        device: &Path,
+        resume: bool,
+    ) -> Result<Self, PackageError> {
+        let writer = SlotWriter::open(device)?;
+        if !resume {
+            clear_checkpoint(&store);
+        }
+        Ok(Self {
+            settings,
+            store,
+            writer,
+            reader: None,
+        })
+    }
+
+    fn new_reader(&self) -> PackageReader {
+        PackageReader::new(
+            Arc::clone(&self.settings.keys),
+            Self::policy_of(&self.store, &self.settings, &self.writer),
+        )
+    }
+
+    /// One pushed block, in order.
+    pub fn push(&mut self, offset: u64, data: &[u8], last: bool) -> FwOutcome {
+        if offset == 0 || self.reader.is_none() {
+            self.reader = Some(self.new_reader());
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return FwOutcome::Done;
+        };
+        if reader.position() != offset {
+            return failed_pkg(&PackageError::Malformed(format!(
+                "block at {offset}, expected {}",
+                reader.position()
+            )));
+        }
+        if let Err(e) = reader.feed(data, &mut self.writer) {
+            return failed_pkg(&e);
+        }
+        if !last {
+            return FwOutcome::Done;
+        }
+        finish(reader, &mut self.writer)
+    }
+
+    /// Pulls the package from `uri` (resuming from the checkpoint when asked and possible).
+    pub async fn fetch(self, uri: &str, resume: bool, abort: Arc<AbortSignal>) -> FwOutcome {
+        let checkpoint = if resume {
+            load_checkpoint(&self.store).filter(|c| c.uri == uri)
+        } else {
+            None
+        };
+        let mut this = self;
+        // At most one restart from zero when the package changed on the server.
+        let mut checkpoint = checkpoint;
+        for _ in 0..2 {
+            match this
+                .fetch_once(uri, checkpoint.take(), Arc::clone(&abort))
+                .await
+            {
+                Err(Retry::FromZero(me)) => {
+                    log::warn!(
+                        "firmware: the package at {uri} changed; downloading again from the start"
+                    );
+                    clear_checkpoint(&me.store);
+                    this = me;
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+        FwOutcome::Failed {
+            result: result::CONNECTION_LOST,
+            reason: "the package keeps changing on the server".into(),
+        }
+    }
+
+    async fn fetch_once(
+        self,
+        uri: &str,
+        checkpoint: Option<Checkpoint>,
+        abort: Arc<AbortSignal>,
+    ) -> Result<FwOutcome, Retry> {
+        let Self {
+            settings,
+            store,
+            mut writer,
+            ..
+        } = self;
+        let mut reader = PackageReader::new(
+            Arc::clone(&settings.keys),
+            Self::policy_of(&store, &settings, &writer),
+        );
+        let mut etag = None;
+        let mut start = 0;
+        if let Some(cp) = &checkpoint {
+            // The header again (a few KiB) to re-verify the signature, then skip what is done.
+            let header = FetchRequest {
+                uri: uri.to_string(),
+                start: 0,
+                end: Some(cp.payload_start),
+                etag: cp.etag.clone(),
+            };
+            match fetch_all(header, &settings.download, &abort).await {
+                Ok(bytes) => {
+                    let resumed = reader
+                        .feed(&bytes, &mut writer)
+                        .ok()
+                        .and_then(|()| reader.manifest().map(manifest_digest))
+                        .filter(|d| *d == cp.manifest_sha256)
+                        .and_then(|_| reader.skip_to_chunk(cp.chunks_done).ok());
+                    match (
+                        resumed,
+                        reader.manifest().map(|m| m.chunk_offset(cp.chunks_done)),
+                    ) {
+                        (Some(()), Some(off)) => {
+                            log::info!("firmware: resuming {uri} at chunk {}", cp.chunks_done);
+                            start = cp.payload_start + off;
+                            etag = cp.etag.clone();
+                        }
+                        _ => {
+                            log::warn!(
+                                "firmware: the checkpoint does not match the package; starting over"
+                            );
+                            reader = PackageReader::new(
+                                Arc::clone(&settings.keys),
+                                Self::policy_of(&store, &settings, &writer),
+                            );
+                        }
+                    }
+                }
+                Err(DownloadError::EtagChanged) => {
+                    return Err(Retry::FromZero(Self {
+                        settings,
+                        store,
+                        writer,
+                        reader: None,
+                    }));
+                }
+                Err(e) => {
+                    return Ok(FwOutcome::Failed {
+                        result: e.update_result(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
+        let verify = {
+            let store = Arc::clone(&store);
+            let uri = uri.to_string();
+            let every = settings.checkpoint_bytes;
+            let etag0 = etag.clone();
+            tokio::task::spawn_blocking(move || {
+                verify_stream(rx, reader, writer, store, uri, etag0, every)
+            })
+        };
+        let request = FetchRequest {
+            uri: uri.to_string(),
+            start,
+            end: None,
+            etag,
+        };
+        let fetched = tokio::select! {
+            r = download::fetch(request, &settings.download, tx) => Some(r),
+            () = abort.raised() => None,
+        };
+        let (writer, verified) = match verify.await {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(FwOutcome::Failed {
+                    result: result::UPDATE_FAILED,
+                    reason: format!("verifier crashed: {e}"),
+                });
+            }
+        };
+        match fetched {
+            None => Ok(FwOutcome::Failed {
+                result: result::CANCELLED,
+                reason: "aborted".into(),
+            }),
+            Some(Err(DownloadError::EtagChanged)) => Err(Retry::FromZero(Self {
+                settings,
+                store,
+                writer,
+                reader: None,
+            })),
+            // The verifier refused the package and hung up: its reason is the one that counts.
+            Some(Err(DownloadError::Aborted)) | Some(Ok(_)) => Ok(verified),
+            Some(Err(e)) => {
+                if let FwOutcome::Failed { result: r, reason } = &verified {
+                    if *r != result::CONNECTION_LOST {
+                        return Ok(FwOutcome::Failed {
+                            result: *r,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                log::warn!("firmware: download of {uri} failed: {e}");
+                Ok(FwOutcome::Failed {
+                    result: e.update_result(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The floor is re-read at every transfer: a commit in this process raised it in the journal.
+    fn policy_of(store: &Store, settings: &PipelineSettings, writer: &SlotWriter) -> Policy {
+        let floor = store
+            .load(super::JOURNAL)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_value::<Journal>(v).ok())
+            .map_or(0, |j| j.security_floor);
+        Policy {
+            compatible: settings.compatible.clone(),
+            min_security_version: floor,
+            max_image_size: writer.capacity(),
+        }
+    }
+}
+
+/// Why a fetch attempt hands the pipeline back.
+enum Retry {
+    /// The package changed: start over with this pipeline.
+    FromZero(Pipeline),
+}
+
+/// Feeds downloaded pieces to the verifier and the slot; checkpoints as it goes. Returns the
+/// writer and the outcome; dropping `rx` early tells the download to stop.
+fn verify_stream(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut reader: PackageReader,
+    writer: SlotWriter,
+    store: Arc<Store>,
+    uri: String,
+    etag: Option<Vec<u8>>,
+    every: u64,
+) -> (SlotWriter, FwOutcome) {
+    let mut sink = Checkpointing {
+        writer,
+        store,
+        uri,
+        etag,
+        every,
+        since: 0,
+        digest: None,
+        payload_start: 0,
+    };
+    while let Some(piece) = rx.blocking_recv() {
+        if sink.digest.is_none() {
+            if let (Some(m), Some(start)) = (reader.manifest(), reader.payload_start()) {
+                sink.digest = Some(manifest_digest(m));
+                sink.payload_start = start;
+            }
+        }
+        if let Err(e) = reader.feed(&piece, &mut sink) {
+            log::warn!("firmware: package refused: {e}");
+            return (sink.writer, failed_pkg(&e));
+        }
+    }
+    // The channel closed: the download finished (or failed: then the caller's reason wins).
+    if reader.manifest().is_none() || reader.chunks_done() == 0 && reader.position() == 0 {
+        return (
+            sink.writer,
+            FwOutcome::Failed {
+                result: result::CONNECTION_LOST,
+                reason: "no data".into(),
+            },
+        );
+    }
+    let outcome = finish(&mut reader, &mut sink.writer);
+    if matches!(outcome, FwOutcome::Downloaded { .. }) {
+        clear_checkpoint(&sink.store);
+    }
+    (sink.writer, outcome)
+}
+
+/// The slot writer plus checkpoints every `every` bytes.
+struct Checkpointing {
+    writer: SlotWriter,
+    store: Arc<Store>,
+    uri: String,
+    etag: Option<Vec<u8>>,
+    every: u64,
+    since: u64,
+    digest: Option<[u8; 32]>,
+    payload_start: u64,
+}
+
+impl ImageSink for Checkpointing {
+    fn begin(&mut self, manifest: &Verified<Manifest>) -> Result<(), PackageError> {
+        self.digest = Some(manifest_digest(manifest));
+        self.writer.begin(manifest)
+    }
+
+    fn chunk(&mut self, index: u32, image_offset: u64, data: &[u8]) -> Result<(), PackageError> {
+        self.writer.chunk(index, image_offset, data)?;
+        self.since += data.len() as u64;
+        if self.since >= self.every {
+            self.since = 0;
+            // Data first, then the claim: a checkpoint never covers bytes not yet on the medium.
+            self.writer.sync()?;
+            if let Some(digest) = self.digest {
+                let cp = Checkpoint {
+                    uri: self.uri.clone(),
+                    etag: self.etag.clone(),
+                    manifest_sha256: digest,
+                    payload_start: self.payload_start,
+                    chunks_done: index + 1,
+                };
+                if let Ok(v) = serde_json::to_value(&cp) {
+                    if let Err(e) = self.store.save(CHECKPOINT, &v) {
+                        log::warn!("firmware: checkpoint not saved: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Completes a verified transfer: all hashes, then the read-back check of the slot.
+fn finish(reader: &mut PackageReader, writer: &mut SlotWriter) -> FwOutcome {
+    let manifest = match reader.finish(writer) {
+        Ok(m) => m,
+        Err(e) => return failed_pkg(&e),
+    };
+    if let Err(e) = writer.verify(manifest.image_size, &manifest.image_sha256) {
+        return failed_pkg(&e);
+    }
+    FwOutcome::Downloaded {
+        package: PkgInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            security_version: manifest.security_version,
+            image_size: manifest.image_size,
+        },
+    }
+}
+
+fn failed_pkg(e: &PackageError) -> FwOutcome {
+    FwOutcome::Failed {
+        result: e.update_result(),
+        reason: e.to_string(),
+    }
+}
+
+fn manifest_digest(m: &Verified<Manifest>) -> [u8; 32] {
+    Sha256::digest(m.encode()).into()
+}
+
+fn load_checkpoint(store: &Store) -> Option<Checkpoint> {
+    store
+        .load(CHECKPOINT)
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+fn clear_checkpoint(store: &Store) {
+    if let Err(e) = store.save(CHECKPOINT, &serde_json::Value::Null) {
+        log::warn!("firmware: cannot clear the download checkpoint: {e}");
+    }
+}
+
+/// Fetches a small range completely (the package header on resume).
+async fn fetch_all(
+    req: FetchRequest,
+    config: &DownloadConfig,
+    abort: &AbortSignal,
+) -> Result<Vec<u8>, DownloadError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let collect = async {
+        let mut all = Vec::new();
+        while let Some(p) = rx.recv().await {
+            all.extend_from_slice(&p);
+        }
+        all
+    };
+    let (fetched, bytes) = tokio::select! {
+        r = async { tokio::join!(download::fetch(req, config, tx), collect) } => r,
+        () = abort.raised() => return Err(DownloadError::Aborted),
+    };
+    fetched.map(|_| bytes)
+}
