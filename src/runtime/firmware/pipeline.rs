@@ -253,13 +253,13 @@ impl Pipeline {
             // The verifier refused the package and hung up: its reason is the one that counts.
             Some(Err(DownloadError::Aborted)) | Some(Ok(_)) => Ok(verified),
             Some(Err(e)) => {
-                if let FwOutcome::Failed { result: r, reason } = &verified {
-                    if *r != result::CONNECTION_LOST {
-                        return Ok(FwOutcome::Failed {
-                            result: *r,
-                            reason: reason.clone(),
-                        });
-                    }
+                if let FwOutcome::Failed { result: r, reason } = &verified
+                    && *r != result::CONNECTION_LOST
+                {
+                    return Ok(FwOutcome::Failed {
+                        result: *r,
+                        reason: reason.clone(),
+                    });
                 }
                 log::warn!("firmware: download of {uri} failed: {e}");
                 Ok(FwOutcome::Failed {
@@ -314,11 +314,11 @@ fn verify_stream(
         payload_start: 0,
     };
     while let Some(piece) = rx.blocking_recv() {
-        if sink.digest.is_none() {
-            if let (Some(m), Some(start)) = (reader.manifest(), reader.payload_start()) {
-                sink.digest = Some(manifest_digest(m));
-                sink.payload_start = start;
-            }
+        if sink.digest.is_none()
+            && let (Some(m), Some(start)) = (reader.manifest(), reader.payload_start())
+        {
+            sink.digest = Some(manifest_digest(m));
+            sink.payload_start = start;
         }
         if let Err(e) = reader.feed(&piece, &mut sink) {
             log::warn!("firmware: package refused: {e}");
@@ -375,10 +375,10 @@ impl ImageSink for Checkpointing {
                     payload_start: self.payload_start,
                     chunks_done: index + 1,
                 };
-                if let Ok(v) = serde_json::to_value(&cp) {
-                    if let Err(e) = self.store.save(CHECKPOINT, &v) {
-                        log::warn!("firmware: checkpoint not saved: {e}");
-                    }
+                if let Ok(v) = serde_json::to_value(&cp)
+                    && let Err(e) = self.store.save(CHECKPOINT, &v)
+                {
+                    log::warn!("firmware: checkpoint not saved: {e}");
                 }
             }
         }
