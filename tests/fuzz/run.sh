@@ -57,6 +57,29 @@ seed exec_args args "0='foo',1"
 seed path path '/3/0/11/2'
 seed coap_message get '\x40\x01\x12\x34\xB1\x33\x01\x30'
 
+# seed_cat <target> <name> <printf-prefix> <file> [skip count]: a seed made of a prefix and
+# a file's bytes (all, or `count` bytes after the first `skip`).
+seed_cat() {
+    local f="$FUZZ_DIR/corpus/$1/seed-$2"
+    mkdir -p "$FUZZ_DIR/corpus/$1"
+    [[ -e "$f" ]] && return
+    {
+        printf "$3"
+        if [[ $# -ge 6 ]]; then tail -c +"$(($5 + 1))" "$4" | head -c "$6"; else cat "$4"; fi
+    } >"$f"
+}
+
+# package_reader: the committed test vectors (mode 0, fed in pieces of 1185 bytes), and mode-1
+# inputs whose signed chunk is a real zstd frame / gzip member (2-byte length, then the bytes).
+PKG="tests/fixtures/packages"
+for c in none zstd gzip; do
+    seed_cat package_reader "v1-$c" '\x40' "$PKG/v1-$c.pkg"
+done
+# v1-zstd.pkg: the payload starts at 16 + 391 + 64 = 471; its first chunk is 1104 (0x0450) bytes.
+seed_cat package_reader chunk-zstd '\x01\x01\x04\x50' "$PKG/v1-zstd.pkg" 471 1104
+# gzip -n of "lwm2md test" (31 bytes).
+seed package_reader chunk-gzip '\x01\x02\x00\x1f\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\x29\xcf\x35\xca\x4d\x51\x28\x49\x2d\x2e\x01\x00\x7c\xf7\xe6\x0e\x0b\x00\x00\x00'
+
 # One build for all targets (cargo fuzz run would otherwise rebuild per target).
 mkdir -p "$FUZZ_DIR/artifacts"
 echo "=== building (log: $FUZZ_DIR/artifacts/build.log)"

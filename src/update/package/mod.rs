@@ -15,7 +15,8 @@
 //! | 16 + `M` | 64 | ed25519 signature over bytes `0 .. 16 + M` |
 //! | 80 + `M` | … | payload: the chunks, back to back |
 //!
-//! (Implementation: another engineer; this file fixes the API the rest of the code uses.)
+//! The README's "Package format" section documents every byte, the manifest keys, resume
+//! semantics, key files and how each refusal maps to an Update Result.
 
 pub mod builder;
 pub mod keys;
@@ -23,8 +24,8 @@ pub mod manifest;
 pub mod reader;
 
 pub use keys::{KeyId, TrustedKeys};
-pub use manifest::{ChunkInfo, Compression, Manifest};
-pub use reader::{ImageSink, PackageReader, Policy, Verified};
+pub use manifest::{ChunkInfo, Compression, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Manifest};
+pub use reader::{Checks, ImageSink, ImageVerifier, PackageReader, Policy, Verified};
 
 /// `LWM2MPKG`.
 pub const MAGIC: [u8; 8] = *b"LWM2MPKG";
@@ -117,10 +118,33 @@ pub enum PackageError {
     /// The sink ran out of space.
     #[error("no space left for the image: {0}")]
     NoSpace(String),
+    /// `skip_to_chunk` was called at the wrong moment or past the last chunk.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// Reading the image or writing the package failed (the builder only).
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for PackageError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
 }
 
 impl PackageError {
     /// The Firmware Update Result this refusal is reported as.
+    ///
+    /// - 2 (not enough storage): the image does not fit the slot, or the slot ran out of space.
+    /// - 6 (unsupported package type): well-formed and possibly authentic, but not for this
+    ///   device: not our format, a format version we do not know, another compatible string,
+    ///   or a security version below the installed one. Retrying the same package can never
+    ///   succeed, and the server should pick another package, not re-send this one.
+    /// - 8 (update failed): our side failed (writing the slot, the builder's I/O).
+    /// - 5 (integrity) for everything else: the package is not what its signer made (bad or
+    ///   untrusted signature, revoked key, malformed or inconsistent manifest, a chunk or the
+    ///   whole payload or image not matching its hash, bad compression, truncation, trailing
+    ///   bytes, a resume that does not fit the package).
     pub fn update_result(&self) -> u8 {
         use super::result;
         match self {
@@ -129,8 +153,140 @@ impl PackageError {
             | Self::UnsupportedFormat(_)
             | Self::Incompatible { .. }
             | Self::Downgrade { .. } => result::UNSUPPORTED_TYPE,
-            Self::Sink(_) => result::UPDATE_FAILED,
-            _ => result::INTEGRITY,
+            Self::Sink(_) | Self::Io(_) => result::UPDATE_FAILED,
+            Self::ManifestLength(_)
+            | Self::Malformed(_)
+            | Self::UnknownKey(_)
+            | Self::RevokedKey(_)
+            | Self::BadSignature
+            | Self::ChunkHash { .. }
+            | Self::PayloadHash
+            | Self::ImageHash
+            | Self::Decompress { .. }
+            | Self::Truncated
+            | Self::TrailingData
+            | Self::Resume(_) => result::INTEGRITY,
         }
     }
 }
+
+/// The fixed 16-byte header, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Format version (always [`FORMAT_VERSION`] once parsed).
+    pub version: u16,
+    /// Manifest length `M`.
+    pub manifest_len: u32,
+}
+
+impl Header {
+    /// Parses and checks the header: magic, version, reserved field, manifest length.
+    pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Self, PackageError> {
+        // Destructuring the fixed-size array: no index can go out of bounds.
+        let [
+            m0,
+            m1,
+            m2,
+            m3,
+            m4,
+            m5,
+            m6,
+            m7,
+            v0,
+            v1,
+            r0,
+            r1,
+            l0,
+            l1,
+            l2,
+            l3,
+        ] = *bytes;
+        if [m0, m1, m2, m3, m4, m5, m6, m7] != MAGIC {
+            return Err(PackageError::BadMagic);
+        }
+        let version = u16::from_be_bytes([v0, v1]);
+        let reserved = u16::from_be_bytes([r0, r1]);
+        let manifest_len = u32::from_be_bytes([l0, l1, l2, l3]);
+        if version != FORMAT_VERSION {
+            return Err(PackageError::UnsupportedFormat(version));
+        }
+        if reserved != 0 {
+            return Err(PackageError::Malformed(format!(
+                "reserved header field is {reserved:#06x}, not 0"
+            )));
+        }
+        if manifest_len == 0 || manifest_len > MAX_MANIFEST {
+            return Err(PackageError::ManifestLength(manifest_len));
+        }
+        Ok(Self {
+            version,
+            manifest_len,
+        })
+    }
+
+    /// Encodes the header for a manifest of `manifest_len` bytes.
+    pub fn encode(manifest_len: u32) -> [u8; HEADER_LEN] {
+        let [m0, m1, m2, m3, m4, m5, m6, m7] = MAGIC;
+        let [v0, v1] = FORMAT_VERSION.to_be_bytes();
+        let [l0, l1, l2, l3] = manifest_len.to_be_bytes();
+        [m0, m1, m2, m3, m4, m5, m6, m7, v0, v1, 0, 0, l0, l1, l2, l3]
+    }
+
+    /// Offset of the first payload byte.
+    pub fn payload_start(&self) -> u64 {
+        (HEADER_LEN + SIGNATURE_LEN) as u64 + u64::from(self.manifest_len)
+    }
+}
+
+/// What a package's first bytes say, read *without* trusting them (`lwm2md-package inspect`):
+/// header, manifest and signature are parsed, nothing is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    /// The header.
+    pub header: Header,
+    /// The manifest as decoded (strictly, but its signature is not checked).
+    pub manifest: Manifest,
+    /// The signature bytes.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl Unverified {
+    /// Parses header, manifest and signature from the start of a package; `prefix` must hold at
+    /// least `HEADER_LEN + M + SIGNATURE_LEN` bytes (more is ignored).
+    pub fn parse(prefix: &[u8]) -> Result<Self, PackageError> {
+        let head: &[u8; HEADER_LEN] = prefix
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(PackageError::Truncated)?;
+        let header = Header::parse(head)?;
+        let m = header.manifest_len as usize;
+        let manifest = prefix
+            .get(HEADER_LEN..HEADER_LEN + m)
+            .ok_or(PackageError::Truncated)?;
+        let signature = prefix
+            .get(HEADER_LEN + m..HEADER_LEN + m + SIGNATURE_LEN)
+            .and_then(|s| <[u8; SIGNATURE_LEN]>::try_from(s).ok())
+            .ok_or(PackageError::Truncated)?;
+        Ok(Self {
+            header,
+            manifest: Manifest::decode(manifest)?,
+            signature,
+        })
+    }
+}
+
+/// Lowercase hex of `bytes` (key ids, hashes in JSON).
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
