@@ -3,13 +3,21 @@
 //! state change is one atomic boot-loader write. Backends: GRUB (two env copies with lock files),
 //! U-Boot (`fw_setenv -s` on a redundant environment) and a file-backed fake for tests and the demo.
 //!
-//! (Implementation: another engineer; this file fixes the API the rest of the code uses.)
+//! The variable scheme and the boot rule shared by every backend are in [`vars`]; the boot
+//! scripts that apply the rule ship in `packaging/grub/lwm2md.cfg` and
+//! `packaging/uboot/boot.cmd`.
 
 pub mod detect;
 pub mod exec;
 pub mod fake;
 pub mod grub;
 pub mod uboot;
+pub mod vars;
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 
@@ -49,6 +57,10 @@ pub enum AbError {
     /// The operation would touch the running slot.
     #[error("refusing to {0} the running slot")]
     RunningSlot(&'static str),
+    /// The operation would leave no slot known to boot, or act on a slot that is not running
+    /// when it must be (for example committing a slot other than the running one).
+    #[error("refusing an unsafe boot-loader change: {0}")]
+    Unsafe(String),
 }
 
 /// The boot loader's view of the slots.
