@@ -10,7 +10,9 @@
 //!   same names and values the real backends store), replaced atomically (temp file, fsync,
 //!   rename, fsync of the directory): a crash leaves the old or the new file, never a mix;
 //! * `booted`: which slot the simulated machine runs (`A` or `B`), written by
-//!   [`simulate_boot`] and read by [`FakeSlots::booted`].
+//!   [`simulate_boot`] and read by [`FakeSlots::booted`];
+//! * `boots`: how many times the machine booted, the simulated kernel boot id
+//!   ([`FakeSlots::boot_id`]) so the daemon can tell a reboot from a restart.
 //!
 //! A "reboot" in a test or the demo is: stop the daemon, call [`simulate_boot`], start the
 //! daemon again.
@@ -27,6 +29,8 @@ use super::{AbError, BootSlots, BootState, Slot};
 pub const STATE_FILE: &str = "bootstate.json";
 /// The file naming the running slot.
 pub const BOOTED_FILE: &str = "booted";
+/// The boot counter file.
+pub const BOOTS_FILE: &str = "boots";
 /// The slot image files (A, B).
 pub const IMAGE_FILES: [&str; 2] = ["slot-a.img", "slot-b.img"];
 
@@ -119,7 +123,17 @@ pub fn simulate_boot(dir: &Path) -> Result<Slot, AbError> {
         }
     };
     write_atomically(dir, BOOTED_FILE, format!("{slot}\n").as_bytes())?;
+    let boots = read_boots(dir).saturating_add(1);
+    write_atomically(dir, BOOTS_FILE, format!("{boots}\n").as_bytes())?;
     Ok(slot)
+}
+
+/// The boot counter (0 when missing or unreadable: the next boot makes it 1).
+fn read_boots(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(BOOTS_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The fake backend: see the module documentation.
@@ -150,6 +164,7 @@ impl FakeSlots {
         }
         write_vars(dir, &BootVars::new(primary))?;
         write_atomically(dir, BOOTED_FILE, format!("{primary}\n").as_bytes())?;
+        write_atomically(dir, BOOTS_FILE, b"1\n")?;
         Self::open(dir)
     }
 
@@ -172,6 +187,12 @@ impl FakeSlots {
     /// The fake machine's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The simulated kernel boot id: changes with every [`simulate_boot`], like
+    /// `/proc/sys/kernel/random/boot_id` does with every real boot.
+    pub fn boot_id(&self) -> String {
+        format!("fake-boot-{}", read_boots(&self.dir))
     }
 
     fn change(

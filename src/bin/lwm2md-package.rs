@@ -19,8 +19,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lwm2md::update::package::builder::{self, BuildOptions, DEFAULT_CHUNK_SIZE};
 use lwm2md::update::package::{
-    self as pkg, Compression, HEADER_LEN, Header, ImageSink, ImageVerifier, KeyId, Manifest,
-    PackageError, PackageReader, Policy, SIGNATURE_LEN, TrustedKeys, Unverified, Verified, keys,
+    self as pkg, Compression, HEADER_LEN, Header, ImageSink, ImageVerifier, Manifest, PackageError,
+    PackageReader, Policy, SIGNATURE_LEN, TrustedKeys, Unverified, Verified, keys,
 };
 
 /// Pieces `verify` feeds the reader: what a download typically delivers at once.
@@ -327,41 +327,15 @@ fn inspect(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads every `*.pub` in `dir` as trusted and every `*.pub.revoked` as revoked.
+/// Loads the keys exactly as the daemon does (`*.pub` trusted, `*.pub.revoked` revoked).
 fn load_keys(dir: &Path, revoked: &[String]) -> anyhow::Result<TrustedKeys> {
-    let mut trusted = TrustedKeys::new();
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for path in entries {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let (is_pub, is_revoked) = (name.ends_with(".pub"), name.ends_with(".pub.revoked"));
-        if !is_pub && !is_revoked {
-            continue;
-        }
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let key = keys::parse_public_key(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if is_pub {
-            trusted.add_key(key);
-        } else {
-            trusted.revoke(keys::key_id(&key));
-        }
-    }
     for id in revoked {
         let valid = id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
             bail!("--revoked {id:?} is not a key id (16 lowercase hex digits)");
         }
-        trusted.revoke(KeyId(id.clone()));
     }
-    Ok(trusted)
+    lwm2md::runtime::firmware::assemble::load_keys(dir, revoked).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Writes nothing: checks that chunks arrive in order and hashes the image bytes it is given,

@@ -109,6 +109,7 @@ pub(super) struct UpdateFragment {
     pub(super) uboot_config: Option<std::path::PathBuf>,
     pub(super) uboot_allow_single_env: Option<bool>,
     pub(super) fake_dir: Option<std::path::PathBuf>,
+    pub(super) fake_slot_size: Option<i64>,
     pub(super) health_target: Option<String>,
     pub(super) health_timeout: Option<i64>,
     pub(super) require_registration: Option<bool>,

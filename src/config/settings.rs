@@ -154,8 +154,10 @@ pub enum UpdateBackend {
     },
     /// File-backed slots and boot state in `dir` (tests and the demo).
     Fake {
-        /// Directory of the slot files and the boot state.
+        /// Directory of the slot files and the boot state (created when missing).
         dir: PathBuf,
+        /// Size of each slot file when the directory is created.
+        slot_size: u64,
     },
 }
 

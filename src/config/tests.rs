@@ -909,7 +909,8 @@ fn update_section_defaults_and_backends() {
     assert_eq!(
         u.backend,
         UpdateBackend::Fake {
-            dir: PathBuf::from("/tmp/slots")
+            dir: PathBuf::from("/tmp/slots"),
+            slot_size: 64 << 20,
         }
     );
     assert_eq!(

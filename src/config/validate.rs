@@ -552,6 +552,15 @@ impl Validator<'_> {
             },
             "fake" => UpdateBackend::Fake {
                 dir: self.required_path("update.fake_dir", u.fake_dir, "fake")?,
+                slot_size: self
+                    .int(
+                        "update.fake_slot_size",
+                        u.fake_slot_size,
+                        64 << 20,
+                        4096,
+                        16 << 30,
+                    )?
+                    .unsigned_abs(),
             },
             other => {
                 return Err(self.error(

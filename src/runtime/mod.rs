@@ -12,8 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 use crate::config::Settings;
 use crate::core::client::Client;
+use crate::objects::firmware::Firmware;
 use crate::persist::Store;
 
 /// The name of the core's state document in the state directory.
@@ -44,12 +47,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         settings.agent.endpoint,
         settings.servers.len()
     );
-    let store = Store::open(&settings.agent.state_dir)?;
+    let store = Arc::new(Store::open(&settings.agent.state_dir)?);
     let state = store.load(CORE_STATE)?;
     let seed = setup::random_seed().map_err(RunError::Random)?;
     let (commands_tx, commands) = tokio::sync::mpsc::channel(16);
     let net = setup::host_net(&settings, commands_tx).await;
-    let registry = setup::registry(&settings, net);
+    let restart = Arc::new(Notify::new());
+    let (object, worker, running_version) = match firmware_updates(&settings, &store, &restart) {
+        Some(a) => {
+            let version = a.running_version();
+            let object = Firmware::new(a.object, a.journal, a.boot);
+            (Some(object), Some((a.worker, a.slots)), version)
+        }
+        None => (None, None, None),
+    };
+    let registry = setup::registry(&settings, net, object, running_version);
     let config = setup::client_config(&settings, seed);
     let client = Client::new(
         config,
@@ -60,13 +72,50 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     );
     let notifier = notify::Notifier::from_env()?;
     let executor = Arc::new(setup::HostExecutor::new(settings.device.clone()));
-    let persister = Box::new(setup::StorePersister::new(store, CORE_STATE));
+    let firmware = worker.map(|(settings, slots)| {
+        let (tx, outcomes) = tokio::sync::mpsc::channel(16);
+        let handle = firmware::spawn(settings, slots, Arc::clone(&store), tx);
+        driver::Firmware { handle, outcomes }
+    });
+    let persister = Box::new(setup::StorePersister::new(Arc::clone(&store), CORE_STATE));
+    // A fake machine's reboot stops the daemon like the real one would (orderly, so the
+    // server sees a de-registration).
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = restart.notified() => log::info!("stopping for the fake machine's reboot"),
+        }
+    };
     driver::drive(
-        client, executor, persister, &notifier, commands, None, shutdown,
+        client, executor, persister, &notifier, commands, firmware, stop,
     )
     .await?;
     log::info!("lwm2md stopped");
     Ok(())
+}
+
+/// Firmware updates from `[update]`, or `None` (not configured, or the backend cannot be used:
+/// then the daemon runs without object 5 rather than not at all, so the device stays
+/// manageable and the log says why).
+fn firmware_updates(
+    settings: &Settings,
+    store: &Store,
+    restart: &Arc<Notify>,
+) -> Option<firmware::Assembled> {
+    let update = settings.update.as_ref()?;
+    match firmware::assemble(
+        update,
+        &settings.device,
+        &settings.coap,
+        store,
+        Arc::clone(restart),
+    ) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log::error!("firmware updates are disabled: {e}");
+            None
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (the daemon's orderly stop).

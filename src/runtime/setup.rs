@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use crate::core::object::Registry;
 use crate::host::{self, HostDevice, HostNet, ModemHandle};
 use crate::objects::connectivity::Connectivity;
 use crate::objects::device::{Device, DeviceInfo};
+use crate::objects::firmware::Firmware;
 use crate::objects::security::{Security, SecurityAccount};
 use crate::objects::server::{Server, ServerAccount};
 use crate::persist::Store;
@@ -120,8 +122,15 @@ pub async fn host_net(settings: &Settings, commands: mpsc::Sender<Command>) -> H
 }
 
 /// The objects: Security and Server from the configured servers, Device and Connectivity
-/// Monitoring with host probes.
-pub fn registry(settings: &Settings, net: HostNet) -> Registry {
+/// Monitoring with host probes, and Firmware Update when `[update]` assembled one.
+/// `running_version` is the version the update journal recorded for the running slot: it beats
+/// both the configuration and the OS's own claim, which an update does not rewrite.
+pub fn registry(
+    settings: &Settings,
+    net: HostNet,
+    firmware: Option<Firmware>,
+    running_version: Option<String>,
+) -> Registry {
     let security: Vec<SecurityAccount> = settings
         .servers
         .iter()
@@ -146,7 +155,7 @@ pub fn registry(settings: &Settings, net: HostNet) -> Registry {
         manufacturer: d.manufacturer.clone(),
         model: d.model.clone(),
         serial: d.serial.clone(),
-        firmware_version: d.firmware_version.clone(),
+        firmware_version: running_version.or_else(|| d.firmware_version.clone()),
         hardware_version: d.hardware_version.clone(),
         device_type: Some(d.device_type.clone()),
         factory_reset: d.factory_reset_command.is_some(),
@@ -166,6 +175,9 @@ pub fn registry(settings: &Settings, net: HostNet) -> Registry {
         Box::new(HostDevice::new("/", net.clone())),
     )));
     reg.insert(Box::new(Connectivity::new(Box::new(net), ignore)));
+    if let Some(fw) = firmware {
+        reg.insert(Box::new(fw));
+    }
     reg
 }
 
@@ -213,13 +225,13 @@ impl Executor for HostExecutor {
 /// Saves the core's state document in the state directory.
 #[derive(Debug)]
 pub struct StorePersister {
-    store: Store,
+    store: Arc<Store>,
     name: &'static str,
 }
 
 impl StorePersister {
     /// Writes `name` in `store`.
-    pub fn new(store: Store, name: &'static str) -> Self {
+    pub fn new(store: Arc<Store>, name: &'static str) -> Self {
         Self { store, name }
     }
 }

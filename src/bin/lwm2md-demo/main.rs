@@ -71,6 +71,17 @@ async fn expect_ok(server: &mut DemoServer, msg: Message, what: &str) -> anyhow:
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // `lwm2md-demo fake-boot DIR`: power the fake A/B machine on once (its boot loader runs),
+    // for tests that cut the power with kill -9.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, dir] = args.as_slice()
+        && cmd == "fake-boot"
+    {
+        let slot = lwm2md::ab::fake::simulate_boot(std::path::Path::new(dir))
+            .with_context(|| format!("fake-boot {dir}"))?;
+        println!("{slot}");
+        return Ok(());
+    }
     let verbose = std::env::args().any(|a| a == "--verbose" || a == "-v");
     let _ = lwm2md::logging::init(if verbose {
         log::LevelFilter::Info

@@ -4,6 +4,7 @@
 //! each outcome back to the core. `Abort` alone bypasses the queue: it interrupts a running
 //! transfer at once.
 
+pub mod assemble;
 pub mod health;
 pub mod pipeline;
 pub mod slot;
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
+
+pub use self::assemble::{AssembleError, Assembled, assemble};
 
 use self::pipeline::{Pipeline, PipelineSettings};
 use crate::ab::BootSlots;
@@ -34,8 +37,24 @@ pub struct WorkerSettings {
     pub health_target: Option<String>,
     /// Files whose presence defers an update (maintenance windows, user activity...).
     pub inhibit_files: Vec<PathBuf>,
-    /// Reboot settings.
-    pub device: DeviceSettings,
+    /// How the worker reboots into a trial (or back).
+    pub reboot: Reboot,
+}
+
+/// How a firmware reboot happens.
+#[derive(Debug, Clone)]
+pub enum Reboot {
+    /// The host reboots (`[device] reboot_command`, else systemd-logind).
+    System(Box<DeviceSettings>),
+    /// The fake machine in `dir` boots again: the boot rule is applied to its boot state now
+    /// (`ab::fake::simulate_boot`), then `restart` stops the daemon as a real reboot would; the
+    /// next start runs in the new boot.
+    Fake {
+        /// The fake machine.
+        dir: PathBuf,
+        /// Raised to stop the daemon.
+        restart: Arc<Notify>,
+    },
 }
 
 /// Tells a running transfer to stop.
@@ -238,9 +257,29 @@ impl Worker {
             }
             FwStep::Commit { slot } => self.boot_loader(move |s| s.commit(slot), "commit").await,
             FwStep::Revert { to } => self.boot_loader(move |s| s.revert(to), "revert").await,
-            FwStep::Reboot => match power::reboot(&self.settings.device).await {
-                Ok(()) => FwOutcome::Done,
-                Err(e) => failed(result::UPDATE_FAILED, format!("reboot: {e}")),
+            FwStep::Reboot => match &self.settings.reboot {
+                Reboot::System(device) => match power::reboot(device).await {
+                    Ok(()) => FwOutcome::Done,
+                    Err(e) => failed(result::UPDATE_FAILED, format!("reboot: {e}")),
+                },
+                Reboot::Fake { dir, restart } => {
+                    let dir = dir.clone();
+                    match blocking(move || {
+                        crate::ab::fake::simulate_boot(&dir).map_err(|e| e.to_string())
+                    })
+                    .await
+                    {
+                        Ok(slot) => {
+                            log::warn!(
+                                "firmware: fake reboot: the fake machine now runs slot {slot}; \
+                                 stopping (start lwm2md again to continue in the new boot)"
+                            );
+                            restart.notify_one();
+                            FwOutcome::Done
+                        }
+                        Err(e) => failed(result::UPDATE_FAILED, format!("fake reboot: {e}")),
+                    }
+                }
             },
             FwStep::AwaitHealthy { timeout } => {
                 health::await_healthy(self.settings.health_target.as_deref(), timeout).await
