@@ -10,7 +10,7 @@ use crate::core::lwm2m::value::{ExecArg, ResourceValue, Value};
 use crate::core::object::{BlockWrite, CoreEvent, Ctx, Object};
 use crate::model::ObjectMeta;
 use crate::update::fota::{
-    BootInfo, Fota, FotaConfig, Journal, Reject, Reply, Settings, check_uri,
+    BootInfo, Fota, FotaConfig, Journal, Reject, Reply, Settings, check_uri, max_package_size,
 };
 use crate::update::result;
 
@@ -85,8 +85,9 @@ impl Firmware {
 fn to_error(r: Reject) -> Error {
     match r {
         Reject::NotAllowed(why) => Error::not_allowed(why),
+        // Size1 in the 4.13 names the largest package this slot could take.
         Reject::TooLarge { capacity, .. } => Error::TooLarge {
-            max: Some(capacity),
+            max: Some(max_package_size(capacity)),
         },
         Reject::Bad(why) => Error::BadRequest(why),
         // Stops the pushing server; the Update Result carries the reason.

@@ -240,6 +240,19 @@ pub struct FotaConfig {
     pub require_registration: bool,
 }
 
+/// The largest package that can still hold an image of `capacity` bytes: the header, signature
+/// and manifest (at most 4 MiB) on top, and compressed chunks may be slightly larger than their
+/// image bytes (at most 1/8 + 1 KiB each, see the package format). Anything larger is refused
+/// by its Size1 before a byte is written; the exact check is on the signed manifest's image
+/// size, so an image the size of the whole slot is still accepted.
+pub fn max_package_size(capacity: u64) -> u64 {
+    let chunks = capacity.div_ceil(crate::update::package::MIN_CHUNK_SIZE as u64);
+    capacity
+        .saturating_add(capacity / 8)
+        .saturating_add(chunks.saturating_mul(1024))
+        .saturating_add(crate::update::package::MAX_MANIFEST as u64 + 80)
+}
+
 /// The boot the daemon runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootInfo {
@@ -969,7 +982,7 @@ impl Fota {
                     "a new package needs state Idle (write \\0 to reset)",
                 ));
             }
-            if let Some(size) = total.filter(|&t| t > self.config.capacity) {
+            if let Some(size) = total.filter(|&t| t > max_package_size(self.config.capacity)) {
                 let j = self.planned_journal();
                 self.write(
                     Journal {
@@ -1659,9 +1672,19 @@ mod tests {
     }
 
     #[test]
+    fn a_package_of_a_whole_slot_image_is_not_refused_by_its_size1() {
+        let mut h = Harness::new();
+        // An uncompressed image exactly as large as the slot: the package is a little larger.
+        let r = h.fota.push(0, 0, &[0; 512], false, Some((1 << 20) + 4096));
+        assert_eq!(r, Ok(Reply::Hold));
+    }
+
+    #[test]
     fn an_oversized_push_is_refused_with_result_2() {
         let mut h = Harness::new();
-        let r = h.fota.push(0, 0, &[0; 512], false, Some(2 << 20));
+        let r = h
+            .fota
+            .push(0, 0, &[0; 512], false, Some(max_package_size(1 << 20) + 1));
         assert!(matches!(r, Err(Reject::TooLarge { .. })));
         h.run();
         assert_eq!(h.state(), (0, result::NO_SPACE));
