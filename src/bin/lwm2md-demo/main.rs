@@ -1,8 +1,14 @@
 //! The lwm2md demo: starts a small local LwM2M server and the lwm2md agent (state in a temporary
 //! directory) and walks a newcomer through registration, reads in several formats, a write, an
-//! observation and a clean de-registration, explaining each step.
+//! observation and a clean de-registration, then firmware updates on a fake A/B machine (a push,
+//! a pull, a forged package), explaining each step.
 
+mod files;
+mod firmware;
+mod kit;
+mod progress;
 mod server;
+mod upload;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,20 @@ fn say(step: &str, text: &str) {
     println!("\n\x1b[1m== {step}\x1b[0m");
     for line in text.lines() {
         println!("   {line}");
+    }
+}
+
+/// Narration inside a step (indented like the step's text).
+fn text(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
+/// Values or files, indented under the narration.
+fn detail(text: &str) {
+    for line in text.lines() {
+        println!("      {line}");
     }
 }
 
@@ -83,10 +103,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let verbose = std::env::args().any(|a| a == "--verbose" || a == "-v");
+    // Without --verbose only the agent's errors show: the warnings it logs on purpose (a
+    // forged package, the fake machine's reboot) are what the demo narrates anyway.
     let _ = lwm2md::logging::init(if verbose {
         log::LevelFilter::Info
     } else {
-        log::LevelFilter::Warn
+        log::LevelFilter::Error
     });
 
     let state_dir = std::env::temp_dir().join(format!("lwm2md-demo-{}", std::process::id()));
@@ -292,6 +314,7 @@ async fn run(state_dir: &std::path::Path) -> anyhow::Result<()> {
             stopping.elapsed().as_millis()
         ),
     );
+    firmware::chapter(&mut server, state_dir, &config, 13).await?;
     println!("\nDone. Run the whole test suite with: tests/run");
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! A minimal LwM2M server for the demo: accepts registrations on /rd, sends device-management
-//! requests to the registered client (with retransmission and Block2 reassembly) and collects
-//! notifications. Not a product: just enough to show the agent at work.
+//! requests to the registered client (with retransmission and Block2 reassembly), collects
+//! notifications and serves firmware files for pulls (`/fw/…`, see `files`). Not a product: just
+//! enough to show the agent at work.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use lwm2md::core::coap::codec;
 use lwm2md::core::coap::message::{Code, Message, MsgType, opt};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::files::{self, Files};
 
 /// Something the client did on its own initiative.
 #[derive(Debug)]
@@ -44,6 +48,7 @@ struct Shared {
     client: Option<SocketAddr>,
     pending: HashMap<Vec<u8>, oneshot::Sender<Message>>,
     observations: Vec<Vec<u8>>,
+    files: Files,
 }
 
 /// The demo server.
@@ -74,6 +79,16 @@ impl DemoServer {
     /// The port we listen on.
     pub(crate) fn port(&self) -> u16 {
         self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Offers `bytes` for download at `coap://127.0.0.1:<port>/fw/<name>`; returns the counter
+    /// of bytes sent so far.
+    pub(crate) fn serve_file(&self, name: &str, bytes: Vec<u8>) -> Arc<AtomicU64> {
+        match self.shared.lock() {
+            Ok(mut s) => s.files.add(name, bytes),
+            // Only a panic in the server task poisons the lock; the download then fails visibly.
+            Err(_) => Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The next thing the client did, if it happens within `within`.
@@ -147,7 +162,7 @@ impl DemoServer {
     }
 
     /// One CON exchange with RFC 7252 retransmission (2 s, doubling, 4 retries).
-    async fn exchange(&mut self, mut msg: Message) -> Result<Message, String> {
+    pub(crate) async fn exchange(&mut self, mut msg: Message) -> Result<Message, String> {
         let client = self
             .shared
             .lock()
@@ -205,7 +220,7 @@ async fn serve(
             continue;
         };
         if msg.code.is_request() {
-            let (reply, event) = registration(&msg);
+            let (reply, event) = answer(&msg, &shared);
             if matches!(event, Some(ServerEvent::Registered { .. }))
                 && let Ok(mut s) = shared.lock()
             {
@@ -255,16 +270,29 @@ async fn serve(
     }
 }
 
-/// Handles the registration interface; returns the piggy-backed answer and the event.
-fn registration(msg: &Message) -> (Message, Option<ServerEvent>) {
+/// Answers a request: file downloads under `/fw`, else the registration interface. Returns the
+/// piggy-backed answer and the event.
+fn answer(msg: &Message, shared: &Mutex<Shared>) -> (Message, Option<ServerEvent>) {
     let path = msg.uri_path().unwrap_or_default();
+    if path.first() == Some(&files::PREFIX) {
+        let body = match shared.lock() {
+            Ok(s) => s.files.answer(msg, &path),
+            Err(_) => Message::response(Code::INTERNAL_SERVER_ERROR),
+        };
+        return (reply_to(msg, body), None);
+    }
+    registration(msg, &path)
+}
+
+/// Handles the registration interface.
+fn registration(msg: &Message, path: &[&str]) -> (Message, Option<ServerEvent>) {
     let query: Vec<String> = msg
         .uri_query()
         .unwrap_or_default()
         .into_iter()
         .map(str::to_string)
         .collect();
-    let (code, event, location) = match (msg.code, path.as_slice()) {
+    let (code, event, location) = match (msg.code, path) {
         (Code::POST, ["rd"]) => {
             let links = String::from_utf8_lossy(&msg.payload).into_owned();
             (
@@ -279,19 +307,22 @@ fn registration(msg: &Message) -> (Message, Option<ServerEvent>) {
         (Code::DELETE, ["rd", "demo"]) => (Code::DELETED, Some(ServerEvent::Deregistered), false),
         _ => (Code::NOT_FOUND, None, false),
     };
-    let mut reply = Message::new(
-        if msg.mtype == MsgType::Con {
-            MsgType::Ack
-        } else {
-            MsgType::Non
-        },
-        code,
-    );
-    reply.mid = msg.mid;
-    reply.token = msg.token.clone();
+    let mut body = Message::response(code);
     if location {
-        reply.add_option(opt::LOCATION_PATH, b"rd".to_vec());
-        reply.add_option(opt::LOCATION_PATH, b"demo".to_vec());
+        body.add_option(opt::LOCATION_PATH, b"rd".to_vec());
+        body.add_option(opt::LOCATION_PATH, b"demo".to_vec());
     }
-    (reply, event)
+    (reply_to(msg, body), event)
+}
+
+/// `body` as the piggy-backed answer to `msg` (ACK to a CON, NON to a NON; same MID and token).
+fn reply_to(msg: &Message, mut body: Message) -> Message {
+    body.mtype = if msg.mtype == MsgType::Con {
+        MsgType::Ack
+    } else {
+        MsgType::Non
+    };
+    body.mid = msg.mid;
+    body.token = msg.token.clone();
+    body
 }
