@@ -72,9 +72,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     );
     let notifier = notify::Notifier::from_env()?;
     let executor = Arc::new(setup::HostExecutor::new(settings.device.clone()));
+    let mut worker_task = None;
     let firmware = worker.map(|(settings, slots)| {
         let (tx, outcomes) = tokio::sync::mpsc::channel(16);
-        let handle = firmware::spawn(settings, slots, Arc::clone(&store), tx);
+        let (handle, task) = firmware::spawn(settings, slots, Arc::clone(&store), tx);
+        worker_task = Some(task);
         driver::Firmware { handle, outcomes }
     });
     let persister = Box::new(setup::StorePersister::new(Arc::clone(&store), CORE_STATE));
@@ -86,10 +88,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             () = restart.notified() => log::info!("stopping for the fake machine's reboot"),
         }
     };
-    driver::drive(
+    let driven = driver::drive(
         client, executor, persister, &notifier, commands, firmware, stop,
     )
-    .await?;
+    .await;
+    if let Some(task) = worker_task {
+        task.stop(std::time::Duration::from_secs(3)).await;
+    }
+    driven?;
     log::info!("lwm2md stopped");
     Ok(())
 }

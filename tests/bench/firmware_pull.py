@@ -114,7 +114,7 @@ async def one_run(binary_dir: Path, work: Path, signer, keys: Path, pkg: Path, u
         else:
             responses = await client.write_blockwise(PACKAGE, pkg.read_bytes(), CF_OCTET_STREAM)
             assert responses[-1].code == "2.04", responses[-1].code
-        await wait_resource(client, STATE, DOWNLOADED, timeout=1800, daemon=daemon)
+        await wait_resource(client, STATE, DOWNLOADED, timeout=1800, daemon=daemon, interval=0.01)
         seconds = time.monotonic() - t0
         hwm = vm(daemon.proc.pid, "VmHWM")
         await daemon.terminate()
@@ -144,7 +144,7 @@ COAP_CLIENT = next(
 
 
 def sizes(text: str) -> list[float]:
-    return [float(s) for s in text.split(",") if s]
+    return [float(s) for s in text.split(",") if s and float(s) > 0]
 
 
 async def main() -> None:

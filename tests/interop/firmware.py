@@ -168,8 +168,10 @@ async def read_str(client, path: str) -> str:
     return resp.text
 
 
-async def wait_resource(client, path: str, want, timeout: float = 20.0, daemon=None) -> int:
-    """Poll ``path`` until it reads ``want`` (an int or a set of ints)."""
+async def wait_resource(
+    client, path: str, want, timeout: float = 20.0, daemon=None, interval: float = 0.2
+) -> int:
+    """Poll ``path`` every ``interval`` s until it reads ``want`` (an int or a set of ints)."""
     wanted = want if isinstance(want, set) else {want}
     deadline = asyncio.get_running_loop().time() + timeout
     last = None
@@ -180,6 +182,6 @@ async def wait_resource(client, path: str, want, timeout: float = 20.0, daemon=N
             last = f"error {e}"
         if last in wanted:
             return last
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)
     log = daemon.log_text()[-4000:] if daemon is not None else ""
     raise AssertionError(f"{path} is {last}, not {want}, after {timeout} s\n{log}")

@@ -114,13 +114,33 @@ impl FirmwareHandle {
     }
 }
 
-/// Starts the worker task; outcomes go to `outcomes`.
+/// The running worker task, to stop it when the daemon stops.
+#[derive(Debug)]
+pub struct WorkerTask {
+    abort: Arc<AbortSignal>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerTask {
+    /// Interrupts a transfer (its checkpoint stays, so the next start resumes it) and waits up
+    /// to `grace` for the step in progress to end: the worker holds the state directory, which a
+    /// new daemon in this process (the demo's restart) must be able to lock again.
+    pub async fn stop(self, grace: std::time::Duration) {
+        self.abort.raise();
+        if tokio::time::timeout(grace, self.join).await.is_err() {
+            log::warn!("firmware worker still busy after {grace:?}; leaving it");
+        }
+    }
+}
+
+/// Starts the worker task; outcomes go to `outcomes`. The task ends once the returned handle
+/// is dropped and the step in progress has ended.
 pub fn spawn(
     settings: WorkerSettings,
     slots: Box<dyn BootSlots>,
     store: Arc<Store>,
     outcomes: mpsc::Sender<(EffectId, Outcome)>,
-) -> FirmwareHandle {
+) -> (FirmwareHandle, WorkerTask) {
     // Unbounded on purpose: the procedure issues one step at a time, so at most a handful wait.
     let (tx, mut rx) = mpsc::unbounded_channel::<(EffectId, FwStep)>();
     let abort = Arc::new(AbortSignal::default());
@@ -128,6 +148,7 @@ pub fn spawn(
         steps: tx,
         abort: Arc::clone(&abort),
     };
+    let task_abort = Arc::clone(&abort);
     let mut worker = Worker {
         settings,
         slots: Arc::new(Mutex::new(slots)),
@@ -135,7 +156,7 @@ pub fn spawn(
         abort,
         pipeline: None,
     };
-    tokio::spawn(async move {
+    let join = tokio::spawn(async move {
         while let Some((id, step)) = rx.recv().await {
             let outcome = worker.execute(step).await;
             if outcomes
@@ -147,7 +168,13 @@ pub fn spawn(
             }
         }
     });
-    handle
+    (
+        handle,
+        WorkerTask {
+            abort: task_abort,
+            join,
+        },
+    )
 }
 
 struct Worker {

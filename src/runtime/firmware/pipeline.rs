@@ -80,10 +80,7 @@ impl Pipeline {
     }
 
     fn new_reader(&self) -> PackageReader {
-        PackageReader::new(
-            Arc::clone(&self.settings.keys),
-            Self::policy_of(&self.store, &self.settings, &self.writer),
-        )
+        reader_for(&self.store, &self.settings, &self.writer)
     }
 
     /// One pushed block, in order.
@@ -152,10 +149,7 @@ impl Pipeline {
             mut writer,
             ..
         } = self;
-        let mut reader = PackageReader::new(
-            Arc::clone(&settings.keys),
-            Self::policy_of(&store, &settings, &writer),
-        );
+        let mut reader = reader_for(&store, &settings, &writer);
         let mut etag = None;
         let mut start = 0;
         if let Some(cp) = &checkpoint {
@@ -187,10 +181,7 @@ impl Pipeline {
                             log::warn!(
                                 "firmware: the checkpoint does not match the package; starting over"
                             );
-                            reader = PackageReader::new(
-                                Arc::clone(&settings.keys),
-                                Self::policy_of(&store, &settings, &writer),
-                            );
+                            reader = reader_for(&store, &settings, &writer);
                         }
                     }
                 }
@@ -284,6 +275,17 @@ impl Pipeline {
             max_image_size: writer.capacity(),
         }
     }
+}
+
+/// A reader for one transfer. `finish` always reads the slot back and checks the image's
+/// SHA-256 (`SlotWriter::verify`), so the reader need not hash the image as it streams.
+fn reader_for(store: &Store, settings: &PipelineSettings, writer: &SlotWriter) -> PackageReader {
+    let mut reader = PackageReader::new(
+        Arc::clone(&settings.keys),
+        Pipeline::policy_of(store, settings, writer),
+    );
+    reader.image_checked_by_readback();
+    reader
 }
 
 /// Why a fetch attempt hands the pipeline back.

@@ -169,7 +169,9 @@ enum Stage {
 #[derive(Clone)]
 struct WholeHashes {
     payload: Sha256,
-    image: Sha256,
+    /// `None` when the caller reads the written image back instead (see
+    /// [`PackageReader::image_checked_by_readback`]).
+    image: Option<Sha256>,
 }
 
 impl std::fmt::Debug for WholeHashes {
@@ -179,33 +181,35 @@ impl std::fmt::Debug for WholeHashes {
 }
 
 impl WholeHashes {
-    fn new() -> Self {
+    fn new(image: bool) -> Self {
         Self {
             payload: Sha256::new(),
-            image: Sha256::new(),
+            image: image.then(Sha256::new),
         }
     }
 
     fn update(&mut self, compression: Compression, stored: &[u8], image: &[u8]) {
         // Uncompressed, payload and image are the same bytes (the manifest check guarantees
-        // equal hashes): hash them once.
-        if compression != Compression::None {
-            self.payload.update(stored);
+        // equal hashes): hash them once, as the payload.
+        self.payload.update(stored);
+        if compression != Compression::None
+            && let Some(h) = &mut self.image
+        {
+            h.update(image);
         }
-        self.image.update(image);
     }
 
-    /// Compares both digests with the manifest.
+    /// Compares the digests with the manifest.
     fn check(self, manifest: &Manifest) -> Result<(), PackageError> {
-        let image: [u8; 32] = self.image.finalize().into();
-        let payload: [u8; 32] = match manifest.compression {
-            Compression::None => image,
-            Compression::Zstd | Compression::Gzip => self.payload.finalize().into(),
-        };
+        let payload: [u8; 32] = self.payload.finalize().into();
         if payload != manifest.payload_sha256 {
             return Err(PackageError::PayloadHash);
         }
-        if image != manifest.image_sha256 {
+        let image: Option<[u8; 32]> = match manifest.compression {
+            Compression::None => Some(payload),
+            Compression::Zstd | Compression::Gzip => self.image.map(|h| h.finalize().into()),
+        };
+        if image.is_some_and(|i| i != manifest.image_sha256) {
             return Err(PackageError::ImageHash);
         }
         Ok(())
@@ -342,6 +346,8 @@ pub struct PackageReader {
     next_chunk: u32,
     resumed_at: Option<u32>,
     hashes: Option<WholeHashes>,
+    /// The caller verifies the image by reading the slot back: no running image hash.
+    readback: bool,
     inflater: Inflater,
     failed: Option<PackageError>,
 }
@@ -360,9 +366,19 @@ impl PackageReader {
             next_chunk: 0,
             resumed_at: None,
             hashes: None,
+            readback: false,
             inflater: Inflater::default(),
             failed: None,
         }
+    }
+
+    /// The caller will read the written image back and check its SHA-256 against the manifest
+    /// (an [`ImageVerifier`]) before using it, so this reader skips its own running image hash:
+    /// for a compressed package that is the largest hashing cost (the image is the biggest of
+    /// the three streams), and the read-back is the stronger check (it sees what the medium
+    /// holds). Every chunk and the whole payload are still checked here. Call before feeding.
+    pub fn image_checked_by_readback(&mut self) {
+        self.readback = true;
     }
 
     /// Feeds the next bytes of the package.
@@ -433,7 +449,7 @@ impl PackageReader {
         Checks {
             first_chunk: self.resumed_at.unwrap_or(0),
             payload_hash: whole,
-            image_hash: whole,
+            image_hash: whole && !self.readback,
         }
     }
 
@@ -510,7 +526,7 @@ impl PackageReader {
             let manifest = Verified(self.verify_manifest(header)?);
             sink.begin(&manifest)?;
             self.manifest = Some(manifest);
-            self.hashes = Some(WholeHashes::new());
+            self.hashes = Some(WholeHashes::new(!self.readback));
             // The manifest bytes are no longer needed: give their memory back.
             self.buf = Vec::new();
             self.stage = Stage::Payload;

@@ -1068,3 +1068,27 @@ fn update_result_mapping() {
         assert_eq!(e.update_result(), code, "{e}");
     }
 }
+
+/// With the image checked by a read-back, the reader still verifies every test vector (chunk
+/// and whole-payload hashes) but reports that the caller must read the image back.
+#[test]
+fn readback_mode_skips_only_the_running_image_hash() {
+    let mut keys = TrustedKeys::new();
+    keys.add_key_file(VECTOR_PUB).unwrap();
+    let keys = Arc::new(keys);
+    for (compression, pkg, _) in VECTORS {
+        let mut reader = PackageReader::new(keys.clone(), vector_policy());
+        reader.image_checked_by_readback();
+        let mut sink = Recorder::default();
+        reader.feed(pkg, &mut sink).unwrap();
+        reader
+            .finish(&mut sink)
+            .unwrap_or_else(|e| panic!("{compression}: {e}"));
+        assert_eq!(sink.image, VECTOR_IMAGE, "{compression}");
+        let checks = reader.checks();
+        assert!(checks.payload_hash && !checks.image_hash && checks.readback_required());
+        let mut verifier = ImageVerifier::new(reader.manifest().unwrap());
+        verifier.update(&sink.image);
+        verifier.finish().unwrap();
+    }
+}
