@@ -155,6 +155,7 @@ async def main() -> None:
     ap.add_argument("--push-sizes", default="16")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--label", default="loopback")
+    ap.add_argument("--link", default="", help="DELAY_MS,LOSS_PERCENT: go through tests/bench/link.py")
     args = ap.parse_args()
     os.environ["LWM2MD_BIN"] = str((args.binary_dir / "lwm2md").resolve())
     work = Path(tempfile.mkdtemp(prefix="fw-bench-"))
@@ -169,6 +170,17 @@ async def main() -> None:
     hport, cport = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     web = nginx(www, work, hport)
     coap = coap_server(www, cport)
+    relays = []
+    # What the clients use: the servers themselves, or the emulated link in front of them.
+    h_use, c_use = hport, cport
+    if args.link:
+        delay_ms, loss = args.link.split(",")
+        h_use, c_use = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        link = str(Path(__file__).with_name("link.py"))
+        relays = [
+            subprocess.Popen([sys.executable, link, "udp", str(c_use), str(cport), delay_ms, loss]),
+            subprocess.Popen([sys.executable, link, "tcp", str(h_use), str(hport), delay_ms, "0"]),
+        ]
     time.sleep(0.5)
     print(f"== {args.label}: image half random, half text; zstd; 256 KiB chunks; "
           f"time = /5/0/1 (or first Block1) to State 2, median of {args.runs}")
@@ -186,13 +198,13 @@ async def main() -> None:
             slot = int(mib * MIB) + 8 * MIB
             plan = []
             if mib in http_s:
-                plan.append(("http", f"http://127.0.0.1:{hport}/{name}"))
+                plan.append(("http", f"http://127.0.0.1:{h_use}/{name}"))
             if mib in coap_s:
                 # coap-server -d creates the resource on PUT.
                 subprocess.run([COAP_CLIENT, "-m", "put", "-b", "1024", "-B", "3600", "-f", str(pkg),
                                 f"coap://127.0.0.1:{cport}/{name}"], check=True,
                                stdout=subprocess.DEVNULL, timeout=7200)
-                plan.append(("coap", f"coap://127.0.0.1:{cport}/{name}"))
+                plan.append(("coap", f"coap://127.0.0.1:{c_use}/{name}"))
             if mib in push_s:
                 plan.append(("push", None))
             for kind, uri in plan:
@@ -208,8 +220,8 @@ async def main() -> None:
                       flush=True)
             pkg.unlink()
     finally:
-        web.terminate()
-        coap.terminate()
+        for p in [web, coap, *relays]:
+            p.terminate()
         shutil.rmtree(work, ignore_errors=True)
 
 
