@@ -438,3 +438,39 @@ async def full_update(server, daemon: Lwm2md, pkg: bytes, image: bytes, version:
     await push_ok(client, daemon, pkg)
     assert slot_bytes(daemon, target, len(image)) == image
     return await update_and_commit(server, daemon, version, target)
+
+
+async def start_fresh(daemon: Lwm2md, timeout: float = 15.0) -> None:
+    """Start the daemon and wait for a Register sent by *this* process (not an older one)."""
+    mark = daemon.server.mark()
+    await daemon.start()
+    daemon.registration = await daemon.watch(
+        daemon.server.wait_registration(timeout, ep=daemon.endpoint, since=mark), "registration"
+    )
+
+
+async def settle(daemon: Lwm2md, timeout: float = 40.0) -> dict:
+    """Keep the daemon running (start it again after each fake reboot, as systemd would) until
+    its journal shows a procedure at rest (not Updating / Verifying / Reverting) and it has
+    registered; returns the journal."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if not daemon.running:
+        await daemon.start()  # after the kill -9 (and power cycle)
+    while loop.time() < deadline:
+        if not daemon.running:
+            status = daemon.proc.returncode
+            assert status == 0, f"lwm2md exited with {status}\n{daemon.log_text()[-4000:]}"
+            await daemon.start()
+            continue
+        try:
+            j = journal(daemon)
+        except (FileNotFoundError, ValueError, KeyError):
+            j = None
+        if j is not None and j["phase"]["phase"] in ("Idle", "Downloading", "Downloaded"):
+            # At rest; it stays so unless Execute / a queued update is pending.
+            await asyncio.sleep(0.5)
+            if daemon.running and journal(daemon) == j and not j.get("update_requested"):
+                return j
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the update did not settle within {timeout} s\n{daemon.log_text()[-4000:]}")
