@@ -474,3 +474,19 @@ async def settle(daemon: Lwm2md, timeout: float = 40.0) -> dict:
                 return j
         await asyncio.sleep(0.1)
     raise AssertionError(f"the update did not settle within {timeout} s\n{daemon.log_text()[-4000:]}")
+
+
+async def wait_journal(daemon: Lwm2md, check, timeout: float = 10.0) -> dict:
+    """Wait until ``check(journal)`` holds (log lines precede the journal write they announce)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    j = None
+    while loop.time() < deadline:
+        try:
+            j = journal(daemon)
+            if check(j):
+                return j
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"journal condition not met within {timeout} s: {j}")

@@ -14,7 +14,7 @@ from firmware import (
     R_FAILED, R_INITIAL, R_SUCCESS, RESULT, STATE, UPDATE, UPDATING, VERSION, assert_runs,
     boot_state, full_update, journal, kill9, make_image, make_package, power_cycle, push_ok,
     read_int, read_str, settle, slot_bytes, slot_sha, start_fresh, update_and_commit,
-    wait_exit, wait_log, wait_resource,
+    wait_exit, wait_journal, wait_log, wait_resource,
 )
 
 IMAGE_SIZE = 150_000
@@ -65,7 +65,7 @@ async def test_kill9_during_update(point, power_cut, fw_unstarted, server, signe
         await daemon.start()
         await wait_log(daemon, "waiting for the health gate", start=mark)
         assert boot_state(daemon)["booted"] == "B"
-        assert journal(daemon)["phase"]["phase"] == "Verifying"
+        await wait_journal(daemon, lambda j: j["phase"]["phase"] == "Verifying")
     if daemon.running:
         await kill9(daemon)
     if power_cut:

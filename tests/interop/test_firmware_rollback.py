@@ -16,7 +16,7 @@ from firmware import (
     DOWNLOADED, FACTORY_VERSION, R_FAILED, RESULT, STATE, UPDATE, URI, VERSION, assert_runs,
     boot_state, full_update, journal, kill9, make_image, make_package, push_ok,
     read_int, read_str, slot_bytes, slot_sha, start_fresh, update_and_commit, wait_exit,
-    wait_log, wait_resource,
+    wait_journal, wait_log, wait_resource,
 )
 
 IMAGE_SIZE = 150_000
@@ -70,7 +70,7 @@ async def test_trial_without_registration_is_reverted(fw_daemon, server, signer,
     daemon = fw_daemon
     slot_a = slot_sha(daemon, "A")
     image, _, mark = await _into_trial(daemon, server, signer, tmp_path, silent=True)
-    assert journal(daemon)["phase"]["phase"] == "Verifying"
+    await wait_journal(daemon, lambda j: j["phase"]["phase"] == "Verifying")
     started = asyncio.get_running_loop().time()
     assert await wait_exit(daemon, HEALTH_TIMEOUT + 10, "revert reboot") == 0
     waited = asyncio.get_running_loop().time() - started
@@ -108,11 +108,13 @@ async def test_crash_looping_trial_is_reverted(fw_daemon, server, signer, tmp_pa
     daemon = fw_daemon
     slot_a = slot_sha(daemon, "A")
     image, _, _ = await _into_trial(daemon, server, signer, tmp_path, silent=True)
-    for _ in range(5):
+    for n in range(1, 6):
         await kill9(daemon)
         mark = len(daemon.log_text())
         await daemon.start()
         await wait_log(daemon, "restarted during the trial boot of slot B", start=mark)
+        # Only a durable count counts: kill once the journal has it.
+        await wait_journal(daemon, lambda j: j["reentries"] == n)
         assert boot_state(daemon)["booted"] == "B"
     await kill9(daemon)
     mark = len(daemon.log_text())
