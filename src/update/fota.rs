@@ -528,11 +528,31 @@ impl Fota {
                 }
             }
             Phase::Verifying { target, .. } => {
-                if self.boot.booted == *target {
-                    self.verify(now);
-                } else {
+                if self.boot.booted != *target {
                     self.fell_back(unix, *target);
+                    return;
                 }
+                // Restarted during the trial. The health deadline lives in memory and starts
+                // again with every process, so a trial whose lwm2md keeps crashing (systemd
+                // restarting it) would never reach it and never be reverted: count the
+                // restarts, and give the trial up like a failed health gate after too many.
+                let mut j = j.clone();
+                j.reentries += 1;
+                if j.reentries > MAX_REENTRIES {
+                    self.write(j, unix);
+                    self.revert(
+                        unix,
+                        &format!("lwm2md restarted {MAX_REENTRIES} times during the trial boot"),
+                    );
+                    return;
+                }
+                log::info!(
+                    "firmware: restarted during the trial boot of slot {target} ({} of at most \
+                     {MAX_REENTRIES}); waiting for the health gate",
+                    j.reentries
+                );
+                self.write(j, unix);
+                self.verify(now);
             }
             Phase::Reverting {
                 to,
@@ -686,6 +706,8 @@ impl Fota {
                     failed: target,
                     boot_id: self.boot.boot_id.clone(),
                 },
+                // The revert counts its own restarts.
+                reentries: 0,
                 ..j
             },
             unix,
@@ -1563,6 +1585,53 @@ mod tests {
                 .iter()
                 .any(|s| matches!(s, FwStep::Revert { to: Slot::A }))
         );
+    }
+
+    /// A trial whose lwm2md crashes again and again (restarted by systemd in the same boot)
+    /// never reaches the in-memory health deadline: after `MAX_REENTRIES` restarts it is
+    /// reverted like a failed health gate, without waiting for any timer.
+    #[test]
+    fn a_crash_looping_trial_is_reverted() {
+        let mut h = Harness::new();
+        h.registered = false; // the trial never passes the gate before it crashes
+        assert_eq!(
+            h.fota.write_uri(0, "coap://x/fw", UriCheck::Ok),
+            Ok(Reply::Hold)
+        );
+        h.run();
+        assert_eq!(h.fota.update(0), Ok(Reply::Hold));
+        while !h.reboot_requested {
+            assert!(h.step());
+        }
+        h.restart(true);
+        assert_eq!(h.booted, Slot::B, "the trial boot");
+        let drain = |h: &mut Harness| {
+            while let Some(s) = h.fota.poll_step() {
+                h.execute(s);
+            }
+        };
+        drain(&mut h);
+        assert!(matches!(
+            h.disk.as_ref().map(|j| &j.phase),
+            Some(Phase::Verifying { .. })
+        ));
+        for _ in 0..MAX_REENTRIES {
+            h.restart(false);
+            drain(&mut h);
+            assert!(!h.reboot_requested, "reverted too early");
+        }
+        h.restart(false);
+        drain(&mut h);
+        assert!(h.reboot_requested, "the crash loop must end in a revert");
+        assert!(
+            h.steps
+                .iter()
+                .any(|s| matches!(s, FwStep::Revert { to: Slot::A }))
+        );
+        h.run();
+        assert_eq!(h.booted, Slot::A);
+        assert_eq!(h.state(), (2, result::UPDATE_FAILED));
+        assert_eq!(h.model.primary, Slot::A);
     }
 
     #[test]

@@ -16,6 +16,8 @@ Query parameters of /files (they compose):
                                      down with the body incomplete)
   stall=N                            every response stalls after N body bytes
   stall-head=1                       never answer
+  rate=N                             send the body at about N bytes per second (pieces every
+                                     50 ms), for tests that interrupt a transfer midway
   flaky=K                            the first K requests for this URL get 503
 
 Preconditions: If-Match (strong comparison against the ETag, when ETags are on) and
@@ -191,6 +193,13 @@ class Handler(BaseHTTPRequestHandler):
                 out = bytes(wire)
             else:
                 out = body
+            if limit is None and "rate" in query:
+                piece = max(1, int(query["rate"]) // 20)
+                for pos in range(0, len(out), piece):
+                    self.wfile.write(out[pos:pos + piece])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                return None
             if limit is None:
                 self.wfile.write(out)
                 return None

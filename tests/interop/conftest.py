@@ -110,11 +110,68 @@ async def lwm2md(request, server, tmp_path):
     except BaseException:
         await daemon.kill()
         raise
-    yield daemon
-    await _stop_daemon(daemon, server)
+    return daemon
 
 
 @pytest.fixture
 def client(lwm2md, server) -> EndpointClient:
     """DM client for the running daemon's endpoint."""
     return server.client(lwm2md.endpoint)
+
+
+# ----- firmware updates (object 5 with the fake A/B machine; helpers in firmware.py) -----
+
+
+@pytest.fixture
+def signer(tmp_path):
+    """The release signing key, trusted by the device."""
+    from firmware import make_signer
+
+    return make_signer(tmp_path / "signing", "release")
+
+
+@pytest.fixture
+def revoked_signer(tmp_path):
+    """A key the device has revoked (see ``keys_dir``)."""
+    from firmware import make_signer
+
+    return make_signer(tmp_path / "signing", "revoked")
+
+
+@pytest.fixture
+def keys_dir(tmp_path, signer, revoked_signer):
+    """The device's keys.d: ``release.pub`` (trusted), plus ``revoked.pub`` with a
+    ``revoked.pub.revoked`` beside it (revoked although its key file is present)."""
+    d = tmp_path / "keys.d"
+    d.mkdir()
+    (d / "release.pub").write_bytes(signer.pub.read_bytes())
+    revoked = revoked_signer
+    (d / "revoked.pub").write_bytes(revoked.pub.read_bytes())
+    (d / "revoked.pub.revoked").write_bytes(revoked.pub.read_bytes())
+    return d
+
+
+@pytest.fixture
+async def fw_unstarted(request, server, tmp_path, keys_dir):
+    """The daemon with ``[update]`` on the fake machine (``firmware.firmware_config``), not
+    started; ``lwm2md_config`` markers apply on top. Teardown as for ``lwm2md``."""
+    from firmware import firmware_config
+
+    overrides = deep_merge(firmware_config(tmp_path, keys_dir), _config_overrides(request))
+    daemon = Lwm2md(server, tmp_path, overrides)
+    request.node.stash[DAEMON_KEY] = daemon
+    yield daemon
+    await _stop_daemon(daemon, server)
+
+
+@pytest.fixture
+async def fw_daemon(fw_unstarted, server):
+    """``fw_unstarted``, started and registered (slot A running, never updated)."""
+    daemon = fw_unstarted
+    await daemon.start()
+    try:
+        await daemon.wait_registered(REGISTRATION_TIMEOUT)
+    except BaseException:
+        await daemon.kill()
+        raise
+    return daemon

@@ -10,10 +10,13 @@ would after a real reboot. A power cut is ``kill -9`` followed by :func:`power_c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import socket
 import subprocess
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon import Lwm2md
@@ -27,7 +30,11 @@ PACKAGE, URI, UPDATE, STATE, RESULT, NAME, VERSION = (
 )
 #: States (/5/0/3) and results (/5/0/5).
 IDLE, DOWNLOADING, DOWNLOADED, UPDATING = 0, 1, 2, 3
-R_INITIAL, R_SUCCESS, R_NO_SPACE, R_INTEGRITY, R_UNSUPPORTED, R_INVALID_URI, R_FAILED = 0, 1, 2, 5, 6, 7, 8
+R_INITIAL, R_SUCCESS, R_NO_SPACE, R_CONNECTION_LOST, R_INTEGRITY = 0, 1, 2, 4, 5
+R_UNSUPPORTED, R_INVALID_URI, R_FAILED, R_UNSUPPORTED_PROTOCOL = 6, 7, 8, 9
+R_CANCELLED, R_DEFERRED = 10, 11
+#: /3/0/3 of a device whose running slot was never written by an update (daemon.DEVICE).
+FACTORY_VERSION = "9.8.7-interop"
 CF_OCTET_STREAM = 42
 SLOT_SIZE = 4 << 20
 
@@ -185,3 +192,303 @@ async def wait_resource(
         await asyncio.sleep(interval)
     log = daemon.log_text()[-4000:] if daemon is not None else ""
     raise AssertionError(f"{path} is {last}, not {want}, after {timeout} s\n{log}")
+
+
+# ----- packages -----
+
+
+def inspect_package(path: Path) -> dict:
+    """``lwm2md-package inspect``: header and manifest as JSON."""
+    return json.loads(run_tool("lwm2md-package", "inspect", path))
+
+
+def payload_start(pkg: bytes) -> int:
+    """Offset of the first payload byte: 16-byte header, manifest, 64-byte signature."""
+    assert pkg[:8] == b"LWM2MPKG", pkg[:16]
+    return 16 + int.from_bytes(pkg[12:16], "big") + 64
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    """``data`` with every bit of the byte at ``offset`` inverted."""
+    return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----- the fake machine -----
+
+
+@dataclass
+class Snapshot:
+    """What must not change when a package is refused: the boot variables (but the bad flag of
+    the inactive slot, which Prepare sets before writing), the running slot and its bytes."""
+
+    booted: str
+    primary: str
+    trial: str
+    running_sha: str
+    boots: str
+    extra: dict = field(default_factory=dict)
+
+
+def slot_sha(daemon: Lwm2md, slot: str) -> str:
+    return sha256((machine(daemon) / f"slot-{slot.lower()}.img").read_bytes())
+
+
+def snapshot(daemon: Lwm2md) -> Snapshot:
+    state = boot_state(daemon)
+    booted = state["booted"]
+    return Snapshot(
+        booted=booted,
+        primary=state["lwm2md_slot"],
+        trial=state["lwm2md_trial"],
+        running_sha=slot_sha(daemon, booted),
+        boots=(machine(daemon) / "boots").read_text().strip(),
+    )
+
+
+def assert_runs(daemon: Lwm2md, slot: str) -> dict:
+    """The machine runs ``slot``, it is the primary, no trial is pending, it is bootable."""
+    state = boot_state(daemon)
+    assert state["booted"] == slot, state
+    assert state["lwm2md_slot"] == slot, state
+    assert state["lwm2md_trial"] == "", state
+    assert state[f"lwm2md_bad_{slot}"] == "0", state
+    return state
+
+
+def journal(daemon: Lwm2md) -> dict:
+    """The daemon's firmware journal (``state/firmware.json``)."""
+    doc = json.loads((daemon.state_dir / "firmware.json").read_text())
+    return doc["data"]
+
+
+# ----- the daemon -----
+
+
+async def kill9(daemon: Lwm2md) -> None:
+    """SIGKILL: the daemon crashes (or the power goes, with :func:`power_cycle` afterwards)."""
+    assert daemon.running, f"lwm2md is not running\n{daemon.log_text()[-3000:]}"
+    await daemon.kill()
+
+
+async def start_registered(daemon: Lwm2md, timeout: float = 15.0) -> None:
+    await daemon.start()
+    await daemon.wait_registered(timeout)
+
+
+async def wait_log(daemon: Lwm2md, needle: str, timeout: float = 20.0, start: int = 0) -> None:
+    """Wait until the daemon's log (from byte ``start``) contains ``needle``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if needle in daemon.log_text()[start:]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{needle!r} not logged within {timeout} s\n{daemon.log_text()[-4000:]}")
+
+
+def log_size(daemon: Lwm2md) -> int:
+    return len(daemon.log_text()) if daemon.log_path.exists() else 0
+
+
+# ----- package servers -----
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RangeServer:
+    """``tests/download/range_server.py`` (HTTP/1.1 with Range, ETag, pacing) serving ``root``;
+    ``requests`` is its JSON request log."""
+
+    SCRIPT = REPO_ROOT / "tests" / "download" / "range_server.py"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.requests: list[dict] = []
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> "RangeServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(self.SCRIPT), "--root", str(self.root),
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        )
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 10)
+        assert line.startswith(b"READY "), line
+        self.port = int(line.split()[1])
+        self._reader = asyncio.ensure_future(self._read_log())
+        return self
+
+    async def _read_log(self) -> None:
+        while line := await self.proc.stdout.readline():
+            self.requests.append(json.loads(line))
+
+    def uri(self, name: str, query: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/files/{name}" + (f"?{query}" if query else "")
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader:
+            self._reader.cancel()
+
+
+class LibcoapServer:
+    """libcoap's ``coap-server`` (Debian libcoap3-bin) with dynamic resources (``-d``): a
+    package is PUT to ``/name`` with ``coap-client`` (Block1), then served with Block2."""
+
+    NAMES = ("coap-server-notls", "coap-server-openssl", "coap-server-gnutls", "coap-server")
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @staticmethod
+    def binary(names) -> str | None:
+        import shutil
+
+        return next((shutil.which(n) for n in names if shutil.which(n)), None)
+
+    async def start(self) -> "LibcoapServer":
+        server = self.binary(self.NAMES)
+        if server is None:
+            import pytest
+
+            pytest.skip("libcoap's coap-server is not installed (Debian libcoap3-bin)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.proc = await asyncio.create_subprocess_exec(
+            server, "-A", "127.0.0.1", "-p", str(self.port), "-d", "8", "-v", "0",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return self
+
+    async def put(self, name: str, data: bytes) -> None:
+        client = self.binary(tuple(n.replace("server", "client") for n in self.NAMES))
+        assert client, "coap-client missing next to coap-server"
+        path = self.workdir / name
+        path.write_bytes(data)
+        # The server may still be binding its socket: retry the first PUT briefly.
+        for _ in range(20):
+            proc = await asyncio.create_subprocess_exec(
+                client, "-m", "put", "-b", "1024", "-B", "5", "-f", str(path), self.uri(name),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode == 0 and b"4." not in out and b"5." not in out:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"coap-client PUT {name} failed: {out!r}")
+
+    def uri(self, name: str) -> str:
+        return f"coap://127.0.0.1:{self.port}/{name}"
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+# ----- common procedures -----
+
+
+async def push(client, pkg: bytes) -> list:
+    """Block1 push of ``pkg`` to /5/0/0 (1 KiB blocks); returns every response."""
+    return await client.write_blockwise(PACKAGE, pkg, CF_OCTET_STREAM)
+
+
+async def push_ok(client, daemon: Lwm2md, pkg: bytes) -> None:
+    """Push ``pkg`` and wait for Downloaded."""
+    responses = await push(client, pkg)
+    assert responses[-1].code == "2.04", (
+        [r.code for r in responses][-3:], daemon.log_text()[-3000:]
+    )
+    await wait_resource(client, STATE, DOWNLOADED, daemon=daemon)
+
+
+async def update_and_commit(server, daemon: Lwm2md, version: str, target: str):
+    """From Downloaded: Execute Update, the fake reboot, the trial, the commit. Returns the
+    client of the new boot."""
+    client = server.client(daemon.endpoint)
+    resp = await client.execute(UPDATE)
+    assert resp.code == "2.04", resp.code
+    await reboot_and_restart(daemon)
+    client = server.client(daemon.endpoint)
+    await wait_resource(client, RESULT, R_SUCCESS, daemon=daemon)
+    assert await read_int(client, STATE) == IDLE
+    assert await read_str(client, VERSION) == version
+    assert await read_str(client, "/3/0/3") == version
+    assert_runs(daemon, target)
+    assert journal(daemon)["phase"]["phase"] == "Idle"
+    return client
+
+
+async def full_update(server, daemon: Lwm2md, pkg: bytes, image: bytes, version: str, target: str):
+    """Push, Downloaded (slot bytes checked), Update, reboot, commit."""
+    client = server.client(daemon.endpoint)
+    await push_ok(client, daemon, pkg)
+    assert slot_bytes(daemon, target, len(image)) == image
+    return await update_and_commit(server, daemon, version, target)
+
+
+async def start_fresh(daemon: Lwm2md, timeout: float = 15.0) -> None:
+    """Start the daemon and wait for a Register sent by *this* process (not an older one)."""
+    mark = daemon.server.mark()
+    await daemon.start()
+    daemon.registration = await daemon.watch(
+        daemon.server.wait_registration(timeout, ep=daemon.endpoint, since=mark), "registration"
+    )
+
+
+async def settle(daemon: Lwm2md, timeout: float = 40.0) -> dict:
+    """Keep the daemon running (start it again after each fake reboot, as systemd would) until
+    its journal shows a procedure at rest (not Updating / Verifying / Reverting) and it has
+    registered; returns the journal."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if not daemon.running:
+        await daemon.start()  # after the kill -9 (and power cycle)
+    while loop.time() < deadline:
+        if not daemon.running:
+            status = daemon.proc.returncode
+            assert status == 0, f"lwm2md exited with {status}\n{daemon.log_text()[-4000:]}"
+            await daemon.start()
+            continue
+        try:
+            j = journal(daemon)
+        except (FileNotFoundError, ValueError, KeyError):
+            j = None
+        if j is not None and j["phase"]["phase"] in ("Idle", "Downloading", "Downloaded"):
+            # At rest; it stays so unless Execute / a queued update is pending.
+            await asyncio.sleep(0.5)
+            if daemon.running and journal(daemon) == j and not j.get("update_requested"):
+                return j
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the update did not settle within {timeout} s\n{daemon.log_text()[-4000:]}")
+
+
+async def wait_journal(daemon: Lwm2md, check, timeout: float = 10.0) -> dict:
+    """Wait until ``check(journal)`` holds (log lines precede the journal write they announce)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    j = None
+    while loop.time() < deadline:
+        try:
+            j = journal(daemon)
+            if check(j):
+                return j
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"journal condition not met within {timeout} s: {j}")

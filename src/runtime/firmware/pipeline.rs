@@ -18,7 +18,8 @@ use crate::persist::Store;
 use crate::runtime::download::{self, DownloadConfig, DownloadError, FetchRequest};
 use crate::update::fota::{Journal, PkgInfo};
 use crate::update::package::{
-    ImageSink, Manifest, PackageError, PackageReader, Policy, TrustedKeys, Verified,
+    HEADER_LEN, ImageSink, Manifest, PackageError, PackageReader, Policy, SIGNATURE_LEN,
+    TrustedKeys, Verified,
 };
 use crate::update::result;
 
@@ -154,14 +155,23 @@ impl Pipeline {
         let mut start = 0;
         if let Some(cp) = &checkpoint {
             // The header again (a few KiB) to re-verify the signature, then skip what is done.
+            //
+            // The identity check of the resume is the signed manifest's digest: it pins every
+            // chunk's hash, so an equal digest means the server still has the package whose
+            // first chunks are in the slot. The transport's validator is only needed to keep the
+            // *rest* of this transfer consistent with the header just fetched, so it is learnt
+            // here, not taken from the checkpoint: a fresh transfer never knows it while it
+            // checkpoints (the download reports it only at the end), and an HTTP resume without
+            // one is refused as "changed" (it used to restart every interrupted pull from
+            // zero); libcoap even sends a new ETag for every transfer that starts at block 0.
             let header = FetchRequest {
                 uri: uri.to_string(),
                 start: 0,
                 end: Some(cp.payload_start),
-                etag: cp.etag.clone(),
+                etag: None,
             };
             match fetch_all(header, &settings.download, &abort).await {
-                Ok(bytes) => {
+                Ok((bytes, meta)) => {
                     let resumed = reader
                         .feed(&bytes, &mut writer)
                         .ok()
@@ -175,7 +185,7 @@ impl Pipeline {
                         (Some(()), Some(off)) => {
                             log::info!("firmware: resuming {uri} at chunk {}", cp.chunks_done);
                             start = cp.payload_start + off;
-                            etag = cp.etag.clone();
+                            etag = meta.etag.or_else(|| cp.etag.clone());
                         }
                         _ => {
                             log::warn!(
@@ -358,7 +368,15 @@ struct Checkpointing {
 
 impl ImageSink for Checkpointing {
     fn begin(&mut self, manifest: &Verified<Manifest>) -> Result<(), PackageError> {
-        self.digest = Some(manifest_digest(manifest));
+        let encoded = manifest.encode();
+        self.digest = Some(Sha256::digest(&encoded).into());
+        // Where the payload starts must be recorded here, together with the digest: once the
+        // digest is set, `verify_stream` no longer asks the reader, and a checkpoint may be due
+        // within this very `feed`. (It used to stay 0, so every resume re-fetched nothing of the
+        // header, found "no manifest" and started the whole download over.) The reader only
+        // accepts a manifest whose deterministic re-encoding equals the received bytes, so the
+        // encoded length is the length on the wire.
+        self.payload_start = (HEADER_LEN + SIGNATURE_LEN + encoded.len()) as u64;
         self.writer.begin(manifest)
     }
 
@@ -437,7 +455,7 @@ async fn fetch_all(
     req: FetchRequest,
     config: &DownloadConfig,
     abort: &AbortSignal,
-) -> Result<Vec<u8>, DownloadError> {
+) -> Result<(Vec<u8>, download::FetchMeta), DownloadError> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
     let collect = async {
         let mut all = Vec::new();
@@ -450,5 +468,66 @@ async fn fetch_all(
         r = async { tokio::join!(download::fetch(req, config, tx), collect) } => r,
         () = abort.raised() => return Err(DownloadError::Aborted),
     };
-    fetched.map(|_| bytes)
+    fetched.map(|meta| (bytes, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::package::Compression;
+    use crate::update::package::testkit;
+
+    /// A fresh pull's checkpoint must let a new reader resume: the header range it names
+    /// (`0..payload_start`) holds the whole signed manifest, whose digest matches, and the
+    /// chunk index is one `skip_to_chunk` accepts. Regression: `payload_start` stayed 0 when the
+    /// manifest was verified inside the sink (a fresh, not resumed, transfer), so no interrupted
+    /// pull ever resumed.
+    #[test]
+    fn a_fresh_transfer_checkpoints_a_resumable_position() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(tmp.path().join("state")).expect("store"));
+        let slot = tmp.path().join("slot.img");
+        std::fs::write(&slot, vec![0u8; 1 << 20]).expect("slot");
+        let image = testkit::image(300_000, 7);
+        let (pkg, _) = testkit::package(&image, &testkit::options(Compression::Zstd, 65536));
+        let mut reader = PackageReader::new(testkit::trusted(), testkit::policy());
+        let mut sink = Checkpointing {
+            writer: SlotWriter::open(&slot).expect("open"),
+            store: Arc::clone(&store),
+            uri: "http://x/p".into(),
+            etag: None,
+            every: 65536,
+            since: 0,
+            digest: None,
+            payload_start: 0,
+        };
+        // Interrupted after most of the package (fed in one piece, as a fast link does).
+        let header_len = reader_payload_start(&pkg);
+        reader
+            .feed(&pkg[..pkg.len() * 3 / 4], &mut sink)
+            .expect("feed");
+        let cp = load_checkpoint(&store).expect("a checkpoint");
+        assert_eq!(cp.payload_start, header_len as u64);
+        assert!(cp.chunks_done >= 1, "{cp:?}");
+        // Resume as `fetch_once` does.
+        let mut resumed = PackageReader::new(testkit::trusted(), testkit::policy());
+        let mut writer = SlotWriter::open(&slot).expect("open");
+        let start = usize::try_from(cp.payload_start).expect("usize");
+        resumed.feed(&pkg[..start], &mut writer).expect("header");
+        let manifest = resumed.manifest().expect("manifest after the header range");
+        assert_eq!(manifest_digest(manifest), cp.manifest_sha256);
+        let offset = manifest.chunk_offset(cp.chunks_done);
+        resumed.skip_to_chunk(cp.chunks_done).expect("skip");
+        let rest = start + usize::try_from(offset).expect("usize");
+        resumed.feed(&pkg[rest..], &mut writer).expect("rest");
+        assert!(matches!(
+            finish(&mut resumed, &mut writer),
+            FwOutcome::Downloaded { .. }
+        ));
+    }
+
+    fn reader_payload_start(pkg: &[u8]) -> usize {
+        let m = u32::from_be_bytes([pkg[12], pkg[13], pkg[14], pkg[15]]) as usize;
+        HEADER_LEN + m + SIGNATURE_LEN
+    }
 }

@@ -287,6 +287,6 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
