@@ -171,13 +171,14 @@ async def test_refused_package(case, fw_daemon, server, signer, revoked_signer, 
 
 
 async def test_size1_beyond_the_slot_is_refused_at_once(fw_daemon, server):
-    """A push announcing (Size1) more than the slot holds is refused at the first block with
-    4.13 and Result 2, before anything is written."""
+    """A push announcing (Size1) a package that cannot hold an image fitting the slot is refused
+    at the first block with 4.13 and Result 2, before anything is written. (Slightly more than
+    the slot is allowed: header, manifest and compression overhead around a whole-slot image.)"""
     client = server.client(fw_daemon.endpoint)
     before = snapshot(fw_daemon)
     resp = await client.request(
         "PUT", PACKAGE, payload=b"LWM2MPKG" + bytes(1016), content_format=CF_OCTET_STREAM,
-        block1=(0, True, 6), size1=(4 << 20) + 1, blockwise=False,
+        block1=(0, True, 6), size1=64 << 20, blockwise=False,
     )
     assert resp.code == "4.13", resp.code
     await wait_resource(client, RESULT, R_NO_SPACE, daemon=fw_daemon)

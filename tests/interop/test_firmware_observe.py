@@ -7,7 +7,6 @@ from firmware import (
     CF_OCTET_STREAM, DOWNLOADED, DOWNLOADING, IDLE, PACKAGE, R_INTEGRITY, RESULT, STATE,
     make_image, make_package, read_str, wait_resource,
 )
-from test_firmware import fw_daemon, keys_dir, signer  # noqa: F401 - fixtures
 
 CF_TEXT = 0
 
@@ -34,7 +33,7 @@ async def push_with_reads_between(client, pkg: bytes, every: int = 64) -> tuple[
 
 
 async def test_state_changes_are_notified_and_requests_served_during_a_push(
-    fw_daemon, server, signer, tmp_path  # noqa: F811
+    fw_daemon, server, signer, tmp_path
 ):
     make_image(tmp_path / "image.bin", 200_000, seed=7)
     pkg = make_package(signer, tmp_path / "image.bin", tmp_path / "p.pkg", version="3.1.0",
@@ -54,7 +53,7 @@ async def test_state_changes_are_notified_and_requests_served_during_a_push(
 
 
 async def test_a_refused_package_is_notified_on_update_result(
-    fw_daemon, server, signer, tmp_path  # noqa: F811
+    fw_daemon, server, signer, tmp_path
 ):
     make_image(tmp_path / "image.bin", 100_000, seed=8)
     pkg = bytearray(make_package(signer, tmp_path / "image.bin", tmp_path / "p.pkg", version="3.2.0"))
