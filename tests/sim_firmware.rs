@@ -337,7 +337,8 @@ fn size1_beyond_the_slot_gets_4_13_and_result_2() {
     assert_eq!(
         resp.option(opt::SIZE1)
             .map(lwm2md::core::coap::message::decode_uint),
-        Some(64 * 1024)
+        Some(lwm2md::update::fota::max_package_size(64 * 1024)),
+        "Size1 names the largest package a 64 KiB slot could take"
     );
     assert!(w.run_until(Duration::from_secs(10), |w| w.exec.queue.is_empty()));
     assert_eq!(w.read("/5/0/5"), result::NO_SPACE.to_string());

@@ -23,7 +23,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::vars::{BootPlan, BootVars};
-use super::{AbError, BootSlots, BootState, Slot};
+use super::{AbError, Slot, VarsBackend};
 
 /// The boot-state file.
 pub const STATE_FILE: &str = "bootstate.json";
@@ -199,7 +199,7 @@ impl FakeSlots {
         &mut self,
         plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
     ) -> Result<(), AbError> {
-        let booted = self.booted()?;
+        let booted = self.running_slot()?;
         let old = read_vars(&self.dir)?;
         let new = plan(old, booted)?;
         if new != old {
@@ -209,32 +209,23 @@ impl FakeSlots {
     }
 }
 
-impl BootSlots for FakeSlots {
-    fn booted(&self) -> Result<Slot, AbError> {
+impl VarsBackend for FakeSlots {
+    fn running_slot(&self) -> Result<Slot, AbError> {
         read_booted(&self.dir)
     }
 
-    fn state(&self) -> Result<BootState, AbError> {
-        Ok(read_vars(&self.dir)?.state())
+    fn vars(&self) -> Result<BootVars, AbError> {
+        read_vars(&self.dir)
     }
 
-    fn mark_unbootable(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.mark_unbootable(booted, slot))
+    fn change_vars(
+        &mut self,
+        plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
+    ) -> Result<(), AbError> {
+        self.change(plan)
     }
 
-    fn set_trial(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.set_trial(booted, slot))
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.commit(booted, slot))
-    }
-
-    fn revert(&mut self, to: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.revert(booted, to))
-    }
-
-    fn device(&self, slot: Slot) -> &Path {
+    fn slot_device(&self, slot: Slot) -> &Path {
         &self.devices[super::vars::slot_index(slot)]
     }
 }
@@ -242,6 +233,7 @@ impl BootSlots for FakeSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ab::BootSlots as _;
 
     #[test]
     fn creates_images_and_state_and_boots() {

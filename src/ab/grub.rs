@@ -42,7 +42,7 @@ use super::detect::{BootedSlot, DetectInputs};
 use super::exec::CommandRunner;
 use super::fake::sync_dir;
 use super::vars::{BootVars, slot_index};
-use super::{AbError, BootSlots, BootState, Slot};
+use super::{AbError, Slot, VarsBackend};
 
 /// The first line of every grubenv block.
 pub const SIGNATURE: &[u8] = b"# GRUB Environment Block\n";
@@ -518,7 +518,7 @@ impl GrubSlots {
         &mut self,
         plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
     ) -> Result<(), AbError> {
-        let booted = self.booted()?;
+        let booted = self.running_slot()?;
         let snapshot = Snapshot::read(&self.config.env_dir)?;
         let old = snapshot.vars()?;
         let new = plan(old, booted)?;
@@ -538,33 +538,24 @@ impl GrubSlots {
     }
 }
 
-impl BootSlots for GrubSlots {
-    fn booted(&self) -> Result<Slot, AbError> {
+impl VarsBackend for GrubSlots {
+    fn running_slot(&self) -> Result<Slot, AbError> {
         let [a, b] = &self.config.devices;
         self.config.booted.resolve([a.as_path(), b.as_path()])
     }
 
-    fn state(&self) -> Result<BootState, AbError> {
-        Ok(Snapshot::read(&self.config.env_dir)?.vars()?.state())
+    fn vars(&self) -> Result<BootVars, AbError> {
+        Snapshot::read(&self.config.env_dir)?.vars()
     }
 
-    fn mark_unbootable(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.mark_unbootable(booted, slot))
+    fn change_vars(
+        &mut self,
+        plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
+    ) -> Result<(), AbError> {
+        self.change(plan)
     }
 
-    fn set_trial(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.set_trial(booted, slot))
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.commit(booted, slot))
-    }
-
-    fn revert(&mut self, to: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.revert(booted, to))
-    }
-
-    fn device(&self, slot: Slot) -> &Path {
+    fn slot_device(&self, slot: Slot) -> &Path {
         &self.config.devices[slot_index(slot)]
     }
 }

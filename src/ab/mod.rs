@@ -22,6 +22,7 @@ mod tests;
 use std::path::Path;
 
 pub use crate::update::Slot;
+use vars::BootVars;
 
 /// A boot-loader operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,4 +91,51 @@ pub trait BootSlots: Send {
     fn revert(&mut self, to: Slot) -> Result<(), AbError>;
     /// The block device or file of `slot`.
     fn device(&self, slot: Slot) -> &Path;
+}
+
+/// A backend that stores the shared boot variables ([`vars`]): the update's transitions are the
+/// same plans for all of them, applied through each backend's own one-transaction `change_vars`.
+pub(crate) trait VarsBackend: Send {
+    /// The slot the running system booted from.
+    fn running_slot(&self) -> Result<Slot, AbError>;
+    /// The boot variables as stored now.
+    fn vars(&self) -> Result<BootVars, AbError>;
+    /// Reads the variables, applies `plan` (given the booted slot) and writes the result in one
+    /// atomic boot-loader write.
+    fn change_vars(
+        &mut self,
+        plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
+    ) -> Result<(), AbError>;
+    /// The block device or file of `slot`.
+    fn slot_device(&self, slot: Slot) -> &Path;
+}
+
+impl<T: VarsBackend> BootSlots for T {
+    fn booted(&self) -> Result<Slot, AbError> {
+        self.running_slot()
+    }
+
+    fn state(&self) -> Result<BootState, AbError> {
+        Ok(self.vars()?.state())
+    }
+
+    fn mark_unbootable(&mut self, slot: Slot) -> Result<(), AbError> {
+        self.change_vars(|v, booted| v.mark_unbootable(booted, slot))
+    }
+
+    fn set_trial(&mut self, slot: Slot) -> Result<(), AbError> {
+        self.change_vars(|v, booted| v.set_trial(booted, slot))
+    }
+
+    fn commit(&mut self, slot: Slot) -> Result<(), AbError> {
+        self.change_vars(|v, booted| v.commit(booted, slot))
+    }
+
+    fn revert(&mut self, to: Slot) -> Result<(), AbError> {
+        self.change_vars(|v, booted| v.revert(booted, to))
+    }
+
+    fn device(&self, slot: Slot) -> &Path {
+        self.slot_device(slot)
+    }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use super::detect::{BootedSlot, DetectInputs};
 use super::exec::CommandRunner;
 use super::vars::{BootVars, VAR_SLOT, VARS, slot_index};
-use super::{AbError, BootSlots, BootState, Slot};
+use super::{AbError, Slot, VarsBackend};
 
 /// Where libubootenv's tools look by default.
 pub const DEFAULT_FW_ENV_CONFIG: &str = "/etc/fw_env.config";
@@ -199,7 +199,7 @@ impl UbootSlots {
         &mut self,
         plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
     ) -> Result<(), AbError> {
-        let booted = self.booted()?;
+        let booted = self.running_slot()?;
         let old = self.load()?;
         let new = plan(old, booted)?;
         if new == old {
@@ -220,33 +220,24 @@ impl UbootSlots {
     }
 }
 
-impl BootSlots for UbootSlots {
-    fn booted(&self) -> Result<Slot, AbError> {
+impl VarsBackend for UbootSlots {
+    fn running_slot(&self) -> Result<Slot, AbError> {
         let [a, b] = &self.config.devices;
         self.config.booted.resolve([a.as_path(), b.as_path()])
     }
 
-    fn state(&self) -> Result<BootState, AbError> {
-        Ok(self.load()?.state())
+    fn vars(&self) -> Result<BootVars, AbError> {
+        self.load()
     }
 
-    fn mark_unbootable(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.mark_unbootable(booted, slot))
+    fn change_vars(
+        &mut self,
+        plan: impl FnOnce(BootVars, Slot) -> Result<BootVars, AbError>,
+    ) -> Result<(), AbError> {
+        self.change(plan)
     }
 
-    fn set_trial(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.set_trial(booted, slot))
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.commit(booted, slot))
-    }
-
-    fn revert(&mut self, to: Slot) -> Result<(), AbError> {
-        self.change(|v, booted| v.revert(booted, to))
-    }
-
-    fn device(&self, slot: Slot) -> &Path {
+    fn slot_device(&self, slot: Slot) -> &Path {
         &self.config.devices[slot_index(slot)]
     }
 }
@@ -307,6 +298,7 @@ pub fn simulate_boot(config: &UbootConfig, runner: &dyn CommandRunner) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ab::BootSlots as _;
     use crate::ab::exec::{Output, RecordingRunner};
 
     #[test]
