@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use crate::update::package::digest::Sha256;
 
 use crate::update::package::{ImageSink, Manifest, PackageError, Verified};
 

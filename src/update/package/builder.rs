@@ -9,8 +9,8 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use super::digest::Sha256;
 use ed25519_dalek::Signer as _;
-use sha2::{Digest as _, Sha256};
 
 use super::manifest::{MANIFEST_FORMAT, max_stored_len};
 use super::{
@@ -133,14 +133,14 @@ fn compress_pass(
         scratch.write_all(stored)?;
         chunks.push(ChunkInfo {
             stored_len,
-            sha256: Sha256::digest(stored).into(),
+            sha256: Sha256::digest(stored),
         });
     }
     scratch.flush()?;
-    let image_sha256: [u8; 32] = image_hash.finalize().into();
+    let image_sha256: [u8; 32] = image_hash.finalize();
     let payload_sha256 = match compression {
         Compression::None => image_sha256,
-        Compression::Zstd | Compression::Gzip => payload_hash.finalize().into(),
+        Compression::Zstd | Compression::Gzip => payload_hash.finalize(),
     };
     Ok(Payload {
         chunks,

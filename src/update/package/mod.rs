@@ -19,6 +19,7 @@
 //! semantics, key files and how each refusal maps to an Update Result.
 
 pub mod builder;
+pub mod digest;
 pub mod keys;
 pub mod manifest;
 pub mod reader;

@@ -13,8 +13,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use super::digest::Sha256;
 use ed25519_dalek::Signature;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     Compression, HEADER_LEN, Header, KeyId, MAGIC, Manifest, PackageError, SIGNATURE_LEN,
@@ -143,7 +143,7 @@ impl ImageVerifier {
 
     /// All bytes were given: size and hash must match.
     pub fn finish(self) -> Result<(), PackageError> {
-        let digest: [u8; 32] = self.hash.finalize().into();
+        let digest: [u8; 32] = self.hash.finalize();
         if self.seen != self.size || digest != self.sha256 {
             return Err(PackageError::ImageHash);
         }
@@ -201,13 +201,13 @@ impl WholeHashes {
 
     /// Compares the digests with the manifest.
     fn check(self, manifest: &Manifest) -> Result<(), PackageError> {
-        let payload: [u8; 32] = self.payload.finalize().into();
+        let payload: [u8; 32] = self.payload.finalize();
         if payload != manifest.payload_sha256 {
             return Err(PackageError::PayloadHash);
         }
         let image: Option<[u8; 32]> = match manifest.compression {
             Compression::None => Some(payload),
-            Compression::Zstd | Compression::Gzip => self.image.map(|h| h.finalize().into()),
+            Compression::Zstd | Compression::Gzip => self.image.map(|h| h.finalize()),
         };
         if image.is_some_and(|i| i != manifest.image_sha256) {
             return Err(PackageError::ImageHash);
@@ -610,7 +610,7 @@ impl PackageReader {
             .chunks
             .get(index as usize)
             .ok_or(PackageError::TrailingData)?;
-        let digest: [u8; 32] = Sha256::digest(stored).into();
+        let digest: [u8; 32] = Sha256::digest(stored);
         if digest != info.sha256 {
             return Err(PackageError::ChunkHash { index });
         }
