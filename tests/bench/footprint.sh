@@ -9,5 +9,5 @@ VENV=target/interop-venv
 cargo build --profile min-size --bin lwm2md >&2
 BIN=target/min-size/lwm2md
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, kernel $(uname -r)"
-echo "binary (profile min-size: opt-level=s, lto=fat, codegen-units=1, panic=abort, stripped): $(stat -c %s "$BIN") bytes ($(numfmt --to=iec-i --suffix=B "$(stat -c %s "$BIN")"))"
+echo "binary (profile min-size: opt-level=z, lto=fat, codegen-units=1, panic=abort, stripped): $(stat -c %s "$BIN") bytes ($(numfmt --to=iec-i --suffix=B "$(stat -c %s "$BIN")"))"
 "$VENV/bin/python" tests/bench/footprint.py "$BIN" "$@"
