@@ -275,7 +275,6 @@ impl Object for Server {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use super::*;
     use crate::core::object::CtxOutput;
@@ -297,7 +296,7 @@ mod tests {
         let mut out = CtxOutput::default();
         let t = {
             let mut ctx = Ctx {
-                now: Instant::now(),
+                now: crate::host::test_instant(),
                 unix_time: 0,
                 server: Some(7),
                 out: &mut out,

@@ -243,7 +243,7 @@ mod tests {
     ) -> Result<Vec<Link>, Error> {
         let mut out = CtxOutput::default();
         let mut ctx = Ctx {
-            now: std::time::Instant::now(),
+            now: crate::host::test_instant(),
             unix_time: 0,
             server: Some(1),
             out: &mut out,

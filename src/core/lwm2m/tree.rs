@@ -296,7 +296,6 @@ pub fn apply_write(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Instant;
 
     use super::*;
     use crate::core::object::CtxOutput;
@@ -395,7 +394,7 @@ pub(crate) mod tests {
     fn with_ctx<T>(f: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
         let mut out = CtxOutput::default();
         let mut ctx = Ctx {
-            now: Instant::now(),
+            now: crate::host::test_instant(),
             unix_time: 0,
             server: Some(1),
             out: &mut out,
