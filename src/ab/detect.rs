@@ -35,10 +35,13 @@ pub enum BootedSlot {
 
 impl BootedSlot {
     /// The running slot, given the configured slot devices.
-    pub fn resolve(&self, devices: [&Path; 2]) -> Result<Slot, AbError> {
+    pub fn resolve(&self, devices: &[PathBuf; 2]) -> Result<Slot, AbError> {
         match self {
             Self::Fixed(slot) => Ok(*slot),
-            Self::Detect(inputs) => detect_booted(inputs, devices),
+            Self::Detect(inputs) => {
+                let [a, b] = devices;
+                detect_booted(inputs, [a.as_path(), b.as_path()])
+            }
         }
     }
 }
@@ -435,7 +438,9 @@ mod tests {
         ));
         // BootedSlot::Fixed short-circuits detection.
         assert_eq!(
-            BootedSlot::Fixed(Slot::B).resolve(devices).expect("fixed"),
+            BootedSlot::Fixed(Slot::B)
+                .resolve(&[slot_a.clone(), slot_b.clone()])
+                .expect("fixed"),
             Slot::B
         );
     }

@@ -222,8 +222,7 @@ impl UbootSlots {
 
 impl VarsBackend for UbootSlots {
     fn running_slot(&self) -> Result<Slot, AbError> {
-        let [a, b] = &self.config.devices;
-        self.config.booted.resolve([a.as_path(), b.as_path()])
+        self.config.booted.resolve(&self.config.devices)
     }
 
     fn vars(&self) -> Result<BootVars, AbError> {
