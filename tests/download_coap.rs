@@ -382,13 +382,16 @@ async fn aiocoap_change_in_the_middle_is_etag_changed() {
     };
     let config = test_config();
     let fetching = fetch(req, &config, tx);
-    // The receiver replaces the package after 20 blocks.
+    // The receiver replaces the package once the first bytes arrived (the download hands
+    // blocks over gathered into pieces of 64 KiB: after 64 blocks).
     let receiving = async {
         let mut got = Vec::new();
+        let mut replaced = false;
         while let Some(chunk) = rx.recv().await {
             got.extend_from_slice(&chunk);
-            if got.len() == 20 * 1024 {
+            if !replaced {
                 replace_file(&path, &pattern(300_000, 10));
+                replaced = true;
             }
         }
         got

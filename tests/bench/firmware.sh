@@ -19,7 +19,7 @@ if [[ ${1:-} == --quick ]]; then
     $PY --http-sizes 16 --coap-sizes 4 --push-sizes 4 --runs 1
     exit 0
 fi
-$PY --http-sizes 16,512 --coap-sizes 16 --push-sizes 16 --runs 3
+$PY --http-sizes 16,512 --coap-sizes 16 --push-sizes 16 --runs 5
 
 # The emulated link: netem in a network namespace when the kernel has it, else the user-space
 # relay tests/bench/link.py (this machine's kernel lacks CONFIG_NET_SCH_NETEM). 25 ms each way

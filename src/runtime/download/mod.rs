@@ -213,13 +213,17 @@ pub async fn fetch(
             Scheme::Http => http::fetch(&req, config, &mut delivery, &mut retry).await,
         }
     };
-    match tokio::time::timeout_at(deadline, work).await {
+    let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(result) => result,
         Err(_) => Err(DownloadError::ConnectionLost(format!(
             "not finished within the overall timeout of {:?}",
             config.overall_timeout
         ))),
-    }
+    };
+    // Bytes gathered before the end (or the failure) still reach the receiver: whatever was
+    // received intact may complete a chunk, and so a checkpoint to resume from.
+    let flushed = delivery.flush().await;
+    result.and_then(|meta| flushed.map(|()| meta))
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! transfer at once.
 
 pub mod assemble;
+pub mod background;
+pub mod hasher;
 pub mod health;
 pub mod pipeline;
 pub mod slot;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::AbortSignal;
+use super::hasher::BackgroundSha256;
 use super::slot::SlotWriter;
 use crate::core::effect::FwOutcome;
 use crate::persist::Store;
@@ -217,9 +218,17 @@ impl Pipeline {
             let uri = uri.to_string();
             let every = settings.checkpoint_bytes;
             let etag0 = etag.clone();
-            tokio::task::spawn_blocking(move || {
-                verify_stream(rx, reader, writer, store, uri, etag0, every)
-            })
+            let (done, verified) = tokio::sync::oneshot::channel();
+            let spawned = super::background::spawn("lwm2md-verify", move || {
+                let _ = done.send(verify_stream(rx, reader, writer, store, uri, etag0, every));
+            });
+            if let Err(e) = spawned {
+                return Ok(FwOutcome::Failed {
+                    result: result::UPDATE_FAILED,
+                    reason: format!("cannot start the verifier: {e}"),
+                });
+            }
+            verified
         };
         let request = FetchRequest {
             uri: uri.to_string(),
@@ -231,14 +240,11 @@ impl Pipeline {
             r = download::fetch(request, &settings.download, tx) => Some(r),
             () = abort.raised() => None,
         };
-        let (writer, verified) = match verify.await {
-            Ok(v) => v,
-            Err(e) => {
-                return Ok(FwOutcome::Failed {
-                    result: result::UPDATE_FAILED,
-                    reason: format!("verifier crashed: {e}"),
-                });
-            }
+        let Ok((writer, verified)) = verify.await else {
+            return Ok(FwOutcome::Failed {
+                result: result::UPDATE_FAILED,
+                reason: "the verifier thread died".into(),
+            });
         };
         match fetched {
             None => Ok(FwOutcome::Failed {
@@ -287,14 +293,16 @@ impl Pipeline {
     }
 }
 
-/// A reader for one transfer. `finish` always reads the slot back and checks the image's
-/// SHA-256 (`SlotWriter::verify`), so the reader need not hash the image as it streams.
+/// A reader for one transfer. `finish` always reads the slot back (`SlotWriter::finish`), so
+/// the reader need not hash the image as it streams; the whole-payload hash runs on a thread
+/// of its own.
 fn reader_for(store: &Store, settings: &PipelineSettings, writer: &SlotWriter) -> PackageReader {
     let mut reader = PackageReader::new(
         Arc::clone(&settings.keys),
         Pipeline::policy_of(store, settings, writer),
     );
     reader.image_checked_by_readback();
+    reader.hash_payload_with(Box::new(BackgroundSha256::start()));
     reader
 }
 
@@ -383,24 +391,27 @@ impl ImageSink for Checkpointing {
     fn chunk(&mut self, index: u32, image_offset: u64, data: &[u8]) -> Result<(), PackageError> {
         self.writer.chunk(index, image_offset, data)?;
         self.since += data.len() as u64;
-        if self.since >= self.every {
+        if self.since >= self.every
+            && let Some(digest) = self.digest
+        {
             self.since = 0;
-            // Data first, then the claim: a checkpoint never covers bytes not yet on the medium.
-            self.writer.sync()?;
-            if let Some(digest) = self.digest {
-                let cp = Checkpoint {
-                    uri: self.uri.clone(),
-                    etag: self.etag.clone(),
-                    manifest_sha256: digest,
-                    payload_start: self.payload_start,
-                    chunks_done: index + 1,
-                };
+            let cp = Checkpoint {
+                uri: self.uri.clone(),
+                etag: self.etag.clone(),
+                manifest_sha256: digest,
+                payload_start: self.payload_start,
+                chunks_done: index + 1,
+            };
+            let store = Arc::clone(&self.store);
+            // Data first, then the claim: the writer runs this once the bytes are on the
+            // medium, so a checkpoint never covers bytes that a power cut could lose.
+            self.writer.checkpoint(Box::new(move || {
                 if let Ok(v) = serde_json::to_value(&cp)
-                    && let Err(e) = self.store.save(CHECKPOINT, &v)
+                    && let Err(e) = store.save(CHECKPOINT, &v)
                 {
                     log::warn!("firmware: checkpoint not saved: {e}");
                 }
-            }
+            }))?;
         }
         Ok(())
     }
@@ -412,7 +423,7 @@ fn finish(reader: &mut PackageReader, writer: &mut SlotWriter) -> FwOutcome {
         Ok(m) => m,
         Err(e) => return failed_pkg(&e),
     };
-    if let Err(e) = writer.verify(manifest.image_size, &manifest.image_sha256) {
+    if let Err(e) = writer.finish(&manifest) {
         return failed_pkg(&e);
     }
     FwOutcome::Downloaded {
@@ -506,6 +517,8 @@ mod tests {
         reader
             .feed(&pkg[..pkg.len() * 3 / 4], &mut sink)
             .expect("feed");
+        // Checkpoints are saved by the writer's follower once their bytes are durable.
+        sink.writer.settle().expect("settled");
         let cp = load_checkpoint(&store).expect("a checkpoint");
         assert_eq!(cp.payload_start, header_len as u64);
         assert!(cp.chunks_done >= 1, "{cp:?}");

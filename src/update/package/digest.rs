@@ -9,6 +9,26 @@
 
 use ring::digest::{Context, SHA256};
 
+/// A running SHA-256 the package reader feeds the whole payload into. The reader is sans-IO
+/// and hashes inline ([`Sha256`]); the daemon plugs in one that hashes on another core, so the
+/// whole-payload hash costs no time on the verifying thread.
+pub trait StreamDigest: Send + Sync + std::fmt::Debug {
+    /// Hashes more bytes.
+    fn update(&mut self, data: &[u8]);
+    /// The digest of everything given.
+    fn finish(self: Box<Self>) -> [u8; 32];
+}
+
+impl StreamDigest for Sha256 {
+    fn update(&mut self, data: &[u8]) {
+        Self::update(self, data);
+    }
+
+    fn finish(self: Box<Self>) -> [u8; 32] {
+        self.finalize()
+    }
+}
+
 /// An incremental SHA-256.
 #[derive(Clone)]
 pub struct Sha256(Context);

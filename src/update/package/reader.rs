@@ -13,7 +13,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use super::digest::Sha256;
+use super::digest::{Sha256, StreamDigest};
 use ed25519_dalek::Signature;
 
 use super::{
@@ -166,9 +166,8 @@ enum Stage {
 
 /// The running whole-payload and image hashes (absent after a skip: the skipped bytes were
 /// never seen).
-#[derive(Clone)]
 struct WholeHashes {
-    payload: Sha256,
+    payload: Box<dyn StreamDigest>,
     /// `None` when the caller reads the written image back instead (see
     /// [`PackageReader::image_checked_by_readback`]).
     image: Option<Sha256>,
@@ -181,9 +180,9 @@ impl std::fmt::Debug for WholeHashes {
 }
 
 impl WholeHashes {
-    fn new(image: bool) -> Self {
+    fn new(payload: Box<dyn StreamDigest>, image: bool) -> Self {
         Self {
-            payload: Sha256::new(),
+            payload,
             image: image.then(Sha256::new),
         }
     }
@@ -201,7 +200,7 @@ impl WholeHashes {
 
     /// Compares the digests with the manifest.
     fn check(self, manifest: &Manifest) -> Result<(), PackageError> {
-        let payload: [u8; 32] = self.payload.finalize();
+        let payload: [u8; 32] = self.payload.finish();
         if payload != manifest.payload_sha256 {
             return Err(PackageError::PayloadHash);
         }
@@ -348,6 +347,8 @@ pub struct PackageReader {
     hashes: Option<WholeHashes>,
     /// The caller verifies the image by reading the slot back: no running image hash.
     readback: bool,
+    /// Where the whole-payload hash is computed (taken when the payload starts).
+    payload_digest: Option<Box<dyn StreamDigest>>,
     inflater: Inflater,
     failed: Option<PackageError>,
 }
@@ -367,6 +368,7 @@ impl PackageReader {
             resumed_at: None,
             hashes: None,
             readback: false,
+            payload_digest: None,
             inflater: Inflater::default(),
             failed: None,
         }
@@ -379,6 +381,12 @@ impl PackageReader {
     /// holds). Every chunk and the whole payload are still checked here. Call before feeding.
     pub fn image_checked_by_readback(&mut self) {
         self.readback = true;
+    }
+
+    /// Computes the whole-payload SHA-256 with `digest` instead of inline (e.g. on another
+    /// core). The reader still compares it at `finish`. Call before feeding.
+    pub fn hash_payload_with(&mut self, digest: Box<dyn StreamDigest>) {
+        self.payload_digest = Some(digest);
     }
 
     /// Feeds the next bytes of the package.
@@ -526,7 +534,11 @@ impl PackageReader {
             let manifest = Verified(self.verify_manifest(header)?);
             sink.begin(&manifest)?;
             self.manifest = Some(manifest);
-            self.hashes = Some(WholeHashes::new(!self.readback));
+            let payload = self
+                .payload_digest
+                .take()
+                .unwrap_or_else(|| Box::new(Sha256::new()));
+            self.hashes = Some(WholeHashes::new(payload, !self.readback));
             // The manifest bytes are no longer needed: give their memory back.
             self.buf = Vec::new();
             self.stage = Stage::Payload;
