@@ -23,29 +23,10 @@ use std::time::{Duration, Instant};
 use lwm2md::runtime::download::{DownloadError, FetchRequest, fetch};
 use support::{
     LossyProxy, Server, abort_after, collect, free_udp_port, pattern, replace_file, request, skip,
-    test_config, tool,
+    test_config, tool, wait_for_coap,
 };
 use tempfile::TempDir;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-
-/// Waits until a CoAP server answers a ping (empty CON → RST) on `port`.
-async fn wait_for_coap(port: u16) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    socket.connect(("127.0.0.1", port)).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 64];
-    while Instant::now() < deadline {
-        let _ = socket.send(&[0x40, 0x00, 0x12, 0x34]).await;
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await
-            && n >= 4
-        {
-            return;
-        }
-    }
-    panic!("CoAP server on port {port} never answered a ping");
-}
 
 /// libcoap's example server with dynamic resources, and its client for PUTs.
 struct Libcoap {

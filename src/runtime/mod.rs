@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod driver;
+pub mod dtls;
 pub mod firmware;
 pub mod notify;
 pub mod power;

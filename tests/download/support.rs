@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lwm2md::core::coap::endpoint::CoapConfig;
 use lwm2md::runtime::download::{DownloadConfig, DownloadError, FetchMeta, FetchRequest, fetch};
@@ -285,4 +285,22 @@ pub(crate) fn replace_file(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).expect("write file");
     std::fs::rename(&tmp, path).expect("rename file");
+}
+
+/// Waits until a CoAP server answers a ping (empty CON → RST) on `port`.
+pub(crate) async fn wait_for_coap(port: u16) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.connect(("127.0.0.1", port)).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let _ = socket.send(&[0x40, 0x00, 0x12, 0x34]).await;
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await
+            && n >= 4
+        {
+            return;
+        }
+    }
+    panic!("CoAP server on port {port} never answered a ping");
 }
