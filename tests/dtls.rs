@@ -24,7 +24,8 @@ use tokio::sync::{Mutex, mpsc};
 
 const KEY: &str = "lwm2md-test-secret";
 
-/// libcoap's server with a PSK; plain CoAP on `port`, DTLS on `port + 1`.
+/// libcoap's server (or its resource directory, which accepts LwM2M's `POST /rd`) with a PSK;
+/// plain CoAP on `port`, DTLS on `port + 1`.
 struct Libcoap {
     _server: Server,
     port: u16,
@@ -270,4 +271,129 @@ async fn the_link_re_handshakes_after_a_record_that_kills_the_association() {
     // decrypt); the link handshook again and the request still got its answer.
     assert!(downs >= 1, "the forged record did not end the association");
     assert_eq!(downs, ups, "every loss was followed by a new handshake");
+}
+
+/// The daemon with one `coaps://` server using PSK `key` from a file of mode `mode`.
+struct Daemon {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn spawn(port: u16, key: &str, mode: u32) -> Self {
+        use std::io::BufRead as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("psk.key");
+        std::fs::write(&key_file, key).expect("key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let config = dir.path().join("lwm2md.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nendpoint = \"urn:dev:os:dtls-e2e\"\nstate_dir = \"{}\"\n\n\
+                 [[server]]\nuri = \"coaps://127.0.0.1:{port}\"\nshort_id = 1\n\
+                 security = \"psk\"\npsk_identity = \"dtls-e2e\"\npsk_key_file = \"{}\"\n",
+                dir.path().join("state").display(),
+                key_file.display()
+            ),
+        )
+        .expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2md"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn lwm2md");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the log holds every one of `needles` (in any order).
+    async fn wait_for(&self, needles: &[&str], within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let log = self.log();
+            if needles.iter().all(|n| log.contains(n)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("log lacks {needles:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_registers_over_dtls_psk_with_openssl_and_gnutls() {
+    for binary in ["coap-rd-openssl", "coap-rd-gnutls"] {
+        let Some(rd) = Libcoap::start(binary).await else {
+            return;
+        };
+        let daemon = Daemon::spawn(rd.dtls().port(), KEY, 0o600);
+        daemon
+            .wait_for(
+                &["association with 127.0.0.1", "registered with server 1"],
+                Duration::from_secs(15),
+            )
+            .await;
+        assert!(!daemon.log().contains(KEY), "the key was logged");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_psk_is_logged_and_retried_with_back_off() {
+    let Some(rd) = Libcoap::start("coap-rd-openssl").await else {
+        return;
+    };
+    let daemon = Daemon::spawn(rd.dtls().port(), "not-the-key", 0o600);
+    daemon
+        .wait_for(
+            &["next handshake in 1s", "next handshake in 2s"],
+            Duration::from_secs(40),
+        )
+        .await;
+    let log = daemon.log();
+    assert!(!log.contains("registered with server 1"), "{log}");
+    assert!(!log.contains("not-the-key"), "the key was logged");
+}
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_refused() {
+    let daemon = Daemon::spawn(5684, KEY, 0o644);
+    let mut daemon = daemon;
+    let status = daemon.child.wait().expect("wait");
+    assert!(!status.success());
+    // The reader thread may still be draining stderr.
+    daemon
+        .wait_for(&["readable by others (mode 0644)"], Duration::from_secs(5))
+        .await;
 }

@@ -5,6 +5,8 @@
 //! found 0") and knows which file set the key; serde's own messages for those cases are less
 //! helpful ("invalid value: integer `-1`, expected u16").
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// One configuration file, or the merge of several.
@@ -71,6 +73,9 @@ pub(super) struct ServerFragment {
     pub(super) notification_mode: Option<String>,
     pub(super) lwm2m_version: Option<String>,
     pub(super) content_format: Option<String>,
+    pub(super) security: Option<String>,
+    pub(super) psk_identity: Option<String>,
+    pub(super) psk_key_file: Option<PathBuf>,
 }
 
 /// `[device]`.

@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 pub use settings::{
     AgentSettings, Binding, BlockSize, CoapSettings, ConnectivitySettings, ContentFormat,
     DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion, NotificationMode,
-    ObserveSettings, RegistrationSettings, ServerSettings, Settings, ShortServerId, UpdateBackend,
-    UpdateSettings,
+    ObserveSettings, RegistrationSettings, Secret, ServerSecurity, ServerSettings, Settings,
+    ShortServerId, UpdateBackend, UpdateSettings,
 };
 pub use uri::{ServerHost, ServerUri};
 

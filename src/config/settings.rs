@@ -97,6 +97,32 @@ pub struct ServerSettings {
     pub lwm2m_version: Lwm2mVersion,
     /// The format of multi-value reads without Accept. Never a SenML format with LwM2M 1.0.
     pub content_format: ContentFormat,
+    /// How the client authenticates to the server (/0/x/2, /0/x/3, /0/x/5).
+    pub security: ServerSecurity,
+}
+
+/// `security`, with its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSecurity {
+    /// Security mode 3, for `coap://` URIs.
+    NoSec,
+    /// Security mode 0 (DTLS with a pre-shared key), for `coaps://` URIs.
+    Psk {
+        /// The PSK identity (/0/x/3).
+        identity: Vec<u8>,
+        /// The key (/0/x/5), read from `psk_key_file` (which must be private to the daemon).
+        key: Secret,
+    },
+}
+
+/// Key material: `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
 }
 
 /// `[device]`: Device object (/3) values and power actions. `None` means "probe the host".

@@ -394,7 +394,44 @@ fn every_error_names_file_key_and_reason() {
         (
             "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\n".into(),
             "server[0].uri",
-            &["DTLS is not supported yet"],
+            &["coaps:// needs DTLS credentials", "security = \"psk\""],
+        ),
+        (
+            server("security = \"psk\""),
+            "server[0].security",
+            &["needs a coaps:// URI"],
+        ),
+        (
+            server("psk_identity = \"x\""),
+            "server[0].security",
+            &["need security = \"psk\""],
+        ),
+        (
+            "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"nosec\"\n".into(),
+            "server[0].security",
+            &["cannot be used with a coaps:// URI"],
+        ),
+        (
+            "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"certificate\"\n".into(),
+            "server[0].security",
+            &["not supported yet"],
+        ),
+        (
+            "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"rpk\"\n".into(),
+            "server[0].security",
+            &["raw public keys are not supported"],
+        ),
+        (
+            "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"psk\"\n".into(),
+            "server[0].psk_identity",
+            &["missing"],
+        ),
+        (
+            "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"psk\"\n\
+             psk_identity = \"d\"\npsk_key_file = \"rel/psk\"\n"
+                .into(),
+            "server[0].psk_key_file",
+            &["must be an absolute path"],
         ),
         (
             "[[server]]\nuri = \"coap://h:99999\"\nshort_id = 1\n".into(),
@@ -746,7 +783,7 @@ fn bad_command_line_values_name_the_flag() {
                 server_uri: Some("coaps://h".into()),
                 ..Overrides::default()
             },
-            "command line --server-uri: server[0].uri: DTLS is not supported yet",
+            "command line --server-uri: server[0].uri: coaps:// needs DTLS credentials",
         ),
         (
             Overrides {
@@ -968,4 +1005,45 @@ fn update_section_errors_name_the_key() {
             .to_string();
         assert_contains(&err, &[key, reason]);
     }
+}
+
+#[test]
+fn psk_credentials_come_from_a_private_key_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = Root::new();
+    let key = root.write("server1.psk", "s3cret\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"psk\"\n\
+         psk_identity = \"dev-7\"\npsk_key_file = \"{}\"\n",
+        key.display()
+    );
+    let env = Environment::rooted_at(root.dir.path(), Some("gw"));
+    let settings = Settings::from_toml(&text, &env).expect("valid");
+    let server = &settings.servers[0];
+    assert_eq!(server.uri.port(), 5684);
+    assert_eq!(
+        server.security,
+        ServerSecurity::Psk {
+            identity: b"dev-7".to_vec(),
+            key: Secret(b"s3cret".to_vec()),
+        }
+    );
+    // Debug output never shows the key.
+    assert!(!format!("{settings:?}").contains("s3cret"));
+
+    // Readable by the group: refused, naming the file and the fix.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let err = Settings::from_toml(&text, &env)
+        .expect_err("refused")
+        .to_string();
+    assert_contains(&err, &["server[0].psk_key_file", "mode 0640", "chmod 600"]);
+
+    // Too long for a PSK.
+    std::fs::write(&key, [b'k'; 65]).expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = Settings::from_toml(&text, &env)
+        .expect_err("refused")
+        .to_string();
+    assert_contains(&err, &["1 to 64 bytes", "65"]);
 }

@@ -1,4 +1,4 @@
-//! LwM2M server URIs: `coap://host[:port][/path]`.
+//! LwM2M server URIs: `coap://host[:port][/path]` and `coaps://…` (DTLS).
 //!
 //! A hand-written parser for this one shape, rather than a general URI crate, because the shape
 //! is small and the errors should say what an administrator got wrong ("IPv6 addresses must be
@@ -9,11 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The default CoAP port (RFC 7252 §6.1).
 const DEFAULT_PORT: u16 = 5683;
+/// The default CoAP-over-DTLS port.
+const DEFAULT_SECURE_PORT: u16 = 5684;
 
-/// A validated `coap://` server URI.
+/// A validated `coap://` or `coaps://` server URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUri {
     original: String,
+    secure: bool,
     host: ServerHost,
     port: u16,
     path: Vec<String>,
@@ -34,7 +37,12 @@ impl ServerUri {
         &self.host
     }
 
-    /// The UDP port (5683 when the URI names none).
+    /// `coaps://`: the server is reached over DTLS.
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The UDP port (5683, or 5684 for `coaps://`, when the URI names none).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -51,23 +59,20 @@ impl ServerUri {
 
     /// Parses `coap://host[:port][/path]`; the error is the reason, for a `ConfigError`.
     pub(super) fn parse(s: &str) -> Result<Self, String> {
-        const SHAPE: &str = "expected coap://host[:port][/path]";
+        const SHAPE: &str = "expected coap://host[:port][/path] or coaps://…";
         let Some((scheme, rest)) = s.split_once("://") else {
             return Err(format!("{SHAPE}, found \"{s}\""));
         };
-        match scheme.to_ascii_lowercase().as_str() {
-            "coap" => {}
-            "coaps" => {
-                return Err(
-                    "DTLS is not supported yet: coaps:// cannot be used, use coap://".to_owned(),
-                );
-            }
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "coap" => false,
+            "coaps" => true,
             _ => {
                 return Err(format!(
-                    "unsupported scheme \"{scheme}\": only coap:// (CoAP over UDP) is supported"
+                    "unsupported scheme \"{scheme}\": only coap:// (CoAP over UDP) and coaps:// \
+                     (over DTLS) are supported"
                 ));
             }
-        }
+        };
         if rest.contains(['?', '#']) {
             return Err("a server URI takes no query or fragment".to_owned());
         }
@@ -77,6 +82,7 @@ impl ServerUri {
         }
         let (host, port) = split_host_port(authority)?;
         let port = match port {
+            None if secure => DEFAULT_SECURE_PORT,
             None => DEFAULT_PORT,
             Some(p) => match p.parse::<u16>() {
                 Ok(port) if port != 0 && p.bytes().all(|b| b.is_ascii_digit()) => port,
@@ -85,6 +91,7 @@ impl ServerUri {
         };
         Ok(Self {
             original: s.to_owned(),
+            secure,
             host,
             port,
             path: parse_path(path)?,
@@ -221,7 +228,6 @@ mod tests {
     #[test]
     fn rejects_malformed_uris_with_a_reason() {
         let cases = [
-            ("coaps://h", "DTLS is not supported yet"),
             ("http://h", "unsupported scheme \"http\""),
             ("lwm2m.example.net", "expected coap://host[:port][/path]"),
             ("coap://", "missing host"),

@@ -12,8 +12,8 @@ use super::layers::{Layers, Origins};
 use super::settings::{
     AgentSettings, Binding, BlockSize, CoapSettings, ConnectivitySettings, ContentFormat,
     DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion, NotificationMode,
-    ObserveSettings, RegistrationSettings, ServerSettings, Settings, ShortServerId, UpdateBackend,
-    UpdateSettings,
+    ObserveSettings, RegistrationSettings, Secret, ServerSecurity, ServerSettings, Settings,
+    ShortServerId, UpdateBackend, UpdateSettings,
 };
 use super::uri::ServerUri;
 use super::{ConfigError, Environment, Origin, Overrides};
@@ -331,6 +331,13 @@ impl Validator<'_> {
 
         let uri = server.uri.ok_or_else(|| required("uri"))?;
         let uri = ServerUri::parse(&uri).map_err(|reason| self.error(&key("uri"), reason))?;
+        let security = self.server_security(
+            prefix,
+            &uri,
+            server.security.as_deref(),
+            server.psk_identity,
+            server.psk_key_file,
+        )?;
 
         let short_id = server.short_id.ok_or_else(|| required("short_id"))?;
         let short_id = self.int(&key("short_id"), Some(short_id), 0, 1, 65534)?;
@@ -442,6 +449,7 @@ impl Validator<'_> {
             notification_mode,
             lwm2m_version,
             content_format,
+            security,
         })
     }
 
@@ -527,6 +535,99 @@ impl Validator<'_> {
             )),
             other => Ok(other),
         }
+    }
+
+    /// `security` and its credentials. `coap://` means NoSec (the URI says so); a `coaps://`
+    /// URI never falls back to NoSec: it needs credentials.
+    fn server_security(
+        &self,
+        prefix: &str,
+        uri: &ServerUri,
+        security: Option<&str>,
+        psk_identity: Option<String>,
+        psk_key_file: Option<PathBuf>,
+    ) -> Result<ServerSecurity> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        let mode = match (security, uri.is_secure()) {
+            (None, false) | (Some("nosec"), false) => "nosec",
+            (None, true) => {
+                return Err(self.error(
+                    &key("uri"),
+                    "coaps:// needs DTLS credentials: set security = \"psk\" with psk_identity \
+                     and psk_key_file",
+                ));
+            }
+            (Some("nosec"), true) => {
+                return Err(self.error(
+                    &key("security"),
+                    "\"nosec\" cannot be used with a coaps:// URI; use coap:// for an \
+                     unencrypted server",
+                ));
+            }
+            (Some("psk"), true) => "psk",
+            (Some("psk"), false) => {
+                return Err(self.error(
+                    &key("security"),
+                    "\"psk\" needs a coaps:// URI (DTLS); the URI is coap://",
+                ));
+            }
+            (Some("certificate"), _) => {
+                return Err(self.error(
+                    &key("security"),
+                    "\"certificate\" is not supported yet (DTLS with PSK is)",
+                ));
+            }
+            (Some("rpk"), _) => {
+                return Err(self.error(
+                    &key("security"),
+                    "raw public keys are not supported: the DTLS library cannot do them",
+                ));
+            }
+            (Some(other), _) => {
+                return Err(self.error(
+                    &key("security"),
+                    format!("must be one of \"nosec\", \"psk\", found \"{other}\""),
+                ));
+            }
+        };
+        if mode == "nosec" {
+            if psk_identity.is_some() || psk_key_file.is_some() {
+                return Err(self.error(
+                    &key("security"),
+                    "psk_identity and psk_key_file need security = \"psk\"",
+                ));
+            }
+            return Ok(ServerSecurity::NoSec);
+        }
+        let identity = psk_identity.filter(|i| !i.is_empty()).ok_or_else(|| {
+            self.error(&key("psk_identity"), "missing: security \"psk\" needs it")
+        })?;
+        if identity.len() > 128 {
+            return Err(self.error(
+                &key("psk_identity"),
+                format!("at most 128 bytes, found {}", identity.len()),
+            ));
+        }
+        let file = self
+            .optional_path(&key("psk_key_file"), psk_key_file)?
+            .ok_or_else(|| {
+                self.error(&key("psk_key_file"), "missing: security \"psk\" needs it")
+            })?;
+        let psk = read_secret_file(&file).map_err(|why| self.error(&key("psk_key_file"), why))?;
+        if psk.is_empty() || psk.len() > 64 {
+            return Err(self.error(
+                &key("psk_key_file"),
+                format!(
+                    "{}: a PSK is 1 to 64 bytes, the file holds {}",
+                    file.display(),
+                    psk.len()
+                ),
+            ));
+        }
+        Ok(ServerSecurity::Psk {
+            identity: identity.into_bytes(),
+            key: Secret(psk),
+        })
     }
 
     /// `[update]`; `None` when no backend is set (firmware updates off).
@@ -706,4 +807,25 @@ fn machine_id_uuid(id: &str) -> Option<String> {
         &id[16..20],
         &id[20..32]
     ))
+}
+
+/// Reads a key file that only its owner may read: a key readable by others is refused (it is
+/// already compromised, and a daemon that used it would hide that). One trailing newline is
+/// not part of the key (`echo secret > file`).
+fn read_secret_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by others (mode {mode:04o}): the key must be private to the \
+             daemon (chmod 600)",
+            path.display()
+        ));
+    }
+    let mut key = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if key.last() == Some(&b'\n') {
+        key.pop();
+    }
+    Ok(key)
 }

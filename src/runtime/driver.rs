@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::transport::{PeerSocket, Received};
-use crate::core::client::{Client, Command, Event, Peer, ServerStatus, Transmit};
+use crate::core::client::{Client, Command, Event, Peer, PeerSecurity, ServerStatus, Transmit};
 use crate::core::effect::{Effect, EffectId, Outcome};
 
 /// How long shutdown waits for de-registration before leaving anyway (the unit gives us 10 s
@@ -100,7 +100,13 @@ pub async fn drive(
         let mut stopped = false;
         while let Some(event) = client.poll_event() {
             match event {
-                Event::Connect { peer, uri } => open_link(&mut links, peer, uri, &tx, &dgram_tx),
+                Event::Connect {
+                    peer,
+                    uri,
+                    security,
+                } => {
+                    open_link(&mut links, peer, uri, security, &tx, &dgram_tx);
+                }
                 Event::Stopped => stopped = true,
                 Event::Registered { ssid } => log::info!("registered with server {ssid}"),
                 Event::Deregistered { ssid } => log::info!("de-registered from server {ssid}"),
@@ -233,6 +239,7 @@ fn open_link(
     links: &mut BTreeMap<Peer, Link>,
     peer: Peer,
     uri: String,
+    security: PeerSecurity,
     tx: &mpsc::Sender<Input>,
     dgram_tx: &mpsc::Sender<Received>,
 ) {
@@ -240,7 +247,7 @@ fn open_link(
     let tx = tx.clone();
     let dgram_tx = dgram_tx.clone();
     tokio::spawn(async move {
-        let result = PeerSocket::open(peer, &uri, dgram_tx)
+        let result = PeerSocket::open(peer, &uri, &security, dgram_tx)
             .await
             .map_err(|e| format!("{uri}: {e}"));
         let _ = tx.send(Input::Opened(peer, result)).await;

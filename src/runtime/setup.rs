@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::driver::{Executor, Persister, Supervisor};
 use super::notify::Notifier;
 use super::power;
-use crate::config::{self, DeviceSettings, NotificationMode, Settings};
+use crate::config::{self, DeviceSettings, NotificationMode, ServerSecurity, Settings};
 use crate::core::client::{ClientConfig, Command, ServerPrefs, WallClock};
 use crate::core::coap::endpoint::CoapConfig;
 use crate::core::effect::{Effect, Outcome};
@@ -25,7 +25,7 @@ use crate::host::{self, HostDevice, HostNet, ModemHandle};
 use crate::objects::connectivity::Connectivity;
 use crate::objects::device::{Device, DeviceInfo};
 use crate::objects::firmware::Firmware;
-use crate::objects::security::{Security, SecurityAccount};
+use crate::objects::security::{Security, SecurityAccount, SecurityMode};
 use crate::objects::server::{Server, ServerAccount};
 use crate::persist::Store;
 
@@ -134,7 +134,15 @@ pub fn registry(
     let security: Vec<SecurityAccount> = settings
         .servers
         .iter()
-        .map(|s| SecurityAccount::nosec(s.uri.as_str(), s.short_id.get()))
+        .map(|s| {
+            let mut account = SecurityAccount::nosec(s.uri.as_str(), s.short_id.get());
+            if let ServerSecurity::Psk { identity, key } = &s.security {
+                account.mode = SecurityMode::Psk;
+                account.identity.clone_from(identity);
+                account.secret_key.clone_from(&key.0);
+            }
+            account
+        })
         .collect();
     let servers: Vec<ServerAccount> = settings
         .servers

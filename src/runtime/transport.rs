@@ -1,5 +1,6 @@
-//! Datagram transport for the core's peers: one connected UDP socket per LwM2M server, resolved
-//! from its URI, with a reader task per socket feeding the main loop.
+//! Datagram transport for the core's peers: per LwM2M server, a connected UDP socket resolved
+//! from its `coap://` URI, or a DTLS link for a `coaps://` one; a reader task per peer feeds the
+//! main loop with plaintext datagrams either way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::core::client::Peer;
+use crate::core::client::{Peer, PeerSecurity};
+use crate::runtime::dtls::{Credentials, DtlsLink, DtlsSettings, LinkEvent, PskCredentials};
 
 /// Largest datagram we accept (a UDP payload cannot be larger).
 const MAX_DATAGRAM: usize = 65_535;
@@ -30,7 +32,7 @@ pub enum UriError {
     #[error("{0:?} is not a URI of the form coap://host[:port]")]
     Malformed(String),
     /// A scheme this build cannot speak.
-    #[error("scheme {0:?} is not supported (coap:// only; coaps:// arrives with DTLS)")]
+    #[error("scheme {0:?} is not supported (coap:// and coaps:// only)")]
     Scheme(String),
     /// A port that is not 1..=65535.
     #[error("bad port in {0:?}")]
@@ -38,13 +40,14 @@ pub enum UriError {
 }
 
 impl CoapUri {
-    /// Parses `coap://host[:port][/path]` (IPv6 literals in brackets).
+    /// Parses `coap[s]://host[:port][/path]` (IPv6 literals in brackets).
     pub fn parse(text: &str) -> Result<Self, UriError> {
         let malformed = || UriError::Malformed(text.to_string());
         let (scheme, rest) = text.split_once("://").ok_or_else(malformed)?;
         let scheme = scheme.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "coap" => 5683,
+            "coaps" => 5684,
             other => return Err(UriError::Scheme(other.to_string())),
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -88,23 +91,56 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
-/// The socket towards one peer.
+/// The transport towards one peer.
 #[derive(Debug, Clone)]
 pub struct PeerSocket {
-    socket: Arc<UdpSocket>,
+    inner: Inner,
     remote: SocketAddr,
 }
 
+#[derive(Debug, Clone)]
+enum Inner {
+    Udp(Arc<UdpSocket>),
+    Dtls(DtlsLink),
+}
+
+fn invalid(why: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, why.into())
+}
+
+/// The DTLS credentials of a Security instance, or why it cannot be used over `coaps://`.
+fn credentials(security: &PeerSecurity) -> Result<Credentials, std::io::Error> {
+    match security.mode {
+        0 if security.identity.is_empty() || security.secret_key.is_empty() => Err(invalid(
+            "security mode PSK without an identity or a key (/0/x/3, /0/x/5)",
+        )),
+        0 => Ok(Credentials::Psk(PskCredentials {
+            identity: security.identity.clone(),
+            key: security.secret_key.clone(),
+        })),
+        1 => Err(invalid(
+            "security mode 1 (raw public key) is not supported: the DTLS library cannot do it",
+        )),
+        2 | 4 => Err(invalid(format!(
+            "security mode {} (certificates) is not supported yet",
+            security.mode
+        ))),
+        3 => Err(invalid("a coaps:// server with security mode 3 (NoSec)")),
+        other => Err(invalid(format!("unknown security mode {other}"))),
+    }
+}
+
 impl PeerSocket {
-    /// Resolves `uri`, binds a socket of the matching family, connects it (so only datagrams from
-    /// the server arrive) and starts a reader task that forwards datagrams to `tx`.
+    /// Resolves `uri` and opens the transport: for `coap://` a socket of the matching family,
+    /// connected (so only datagrams from the server arrive); for `coaps://` a DTLS link with the
+    /// credentials of `security`. A reader task forwards the server's datagrams to `tx`.
     pub async fn open(
         peer: Peer,
         uri: &str,
+        security: &PeerSecurity,
         tx: mpsc::Sender<Received>,
     ) -> Result<Self, std::io::Error> {
-        let parsed = CoapUri::parse(uri)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let parsed = CoapUri::parse(uri).map_err(invalid_err)?;
         let remote = tokio::net::lookup_host((parsed.host.as_str(), parsed.port))
             .await?
             .next()
@@ -114,12 +150,42 @@ impl PeerSocket {
                     format!("{} does not resolve", parsed.host),
                 )
             })?;
+        if parsed.scheme == "coaps" {
+            let creds = credentials(security)?;
+            let (events_tx, mut events) = mpsc::channel(64);
+            let link = DtlsLink::spawn(
+                parsed.host.clone(),
+                parsed.port,
+                creds,
+                DtlsSettings::default(),
+                events_tx,
+            );
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if let LinkEvent::Datagram(data) = event
+                        && tx.send(Received { peer, data }).await.is_err()
+                    {
+                        return; // the main loop is gone
+                    }
+                }
+            });
+            return Ok(Self {
+                inner: Inner::Dtls(link),
+                remote,
+            });
+        }
+        if security.mode != 3 {
+            return Err(invalid(format!(
+                "security mode {} needs a coaps:// URI",
+                security.mode
+            )));
+        }
         let local: SocketAddr = if remote.is_ipv6() {
             "[::]:0".parse()
         } else {
             "0.0.0.0:0".parse()
         }
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(invalid_err)?;
         let socket = UdpSocket::bind(local).await?;
         socket.connect(remote).await?;
         let socket = Arc::new(socket);
@@ -140,18 +206,34 @@ impl PeerSocket {
                 }
             }
         });
-        Ok(Self { socket, remote })
+        Ok(Self {
+            inner: Inner::Udp(socket),
+            remote,
+        })
     }
 
-    /// Sends one datagram.
+    /// Sends one datagram. Over DTLS it is queued (never waits): while the link handshakes
+    /// it is held back, and beyond the queue's bound the CoAP layer's retransmission resends.
     pub async fn send(&self, data: &[u8]) -> Result<(), std::io::Error> {
-        self.socket.send(data).await.map(|_| ())
+        match &self.inner {
+            Inner::Udp(socket) => socket.send(data).await.map(|_| ()),
+            Inner::Dtls(link) => {
+                if !link.send(data.to_vec()) {
+                    log::debug!("dtls: queue towards {} full, datagram dropped", self.remote);
+                }
+                Ok(())
+            }
+        }
     }
 
-    /// The server's address.
+    /// The server's address (as first resolved).
     pub fn remote(&self) -> SocketAddr {
         self.remote
     }
+}
+
+fn invalid_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
 }
 
 #[cfg(test)]
@@ -170,10 +252,7 @@ mod tests {
 
     #[test]
     fn rejects_what_cannot_work() {
-        assert!(matches!(
-            CoapUri::parse("coaps://x"),
-            Err(UriError::Scheme(_))
-        ));
+        assert_eq!(CoapUri::parse("coaps://x").map(|u| u.port), Ok(5684));
         assert!(matches!(
             CoapUri::parse("http://x"),
             Err(UriError::Scheme(_))
@@ -204,12 +283,55 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn security_modes_map_to_credentials_or_a_clear_refusal() {
+        let mode = |mode: i64, key: &[u8]| PeerSecurity {
+            mode,
+            identity: b"dev".to_vec(),
+            secret_key: key.to_vec(),
+            ..PeerSecurity::default()
+        };
+        assert!(matches!(
+            credentials(&mode(0, b"k")),
+            Ok(Credentials::Psk(_))
+        ));
+        for (security, why) in [
+            (mode(0, b""), "without an identity or a key"),
+            (mode(1, b"k"), "raw public key"),
+            (mode(2, b"k"), "not supported yet"),
+            (mode(3, b""), "NoSec"),
+            (mode(9, b""), "unknown security mode 9"),
+        ] {
+            let err = credentials(&security).expect_err("refused").to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_psk_account_is_refused_over_plain_coap() {
+        let (tx, _rx) = mpsc::channel(1);
+        let psk = PeerSecurity {
+            mode: 0,
+            identity: b"dev".to_vec(),
+            secret_key: b"k".to_vec(),
+            ..PeerSecurity::default()
+        };
+        let err = PeerSocket::open(Peer(1), "coap://127.0.0.1:5683", &psk, tx)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("needs a coaps:// URI"), "{err}");
+    }
+
     #[tokio::test]
     async fn a_socket_reaches_a_local_server_and_hears_back() {
         let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let port = server.local_addr().expect("addr").port();
         let (tx, mut rx) = mpsc::channel(4);
-        let sock = PeerSocket::open(Peer(1), &format!("coap://127.0.0.1:{port}"), tx)
+        let nosec = PeerSecurity {
+            mode: 3,
+            ..PeerSecurity::default()
+        };
+        let sock = PeerSocket::open(Peer(1), &format!("coap://127.0.0.1:{port}"), &nosec, tx)
             .await
             .expect("open");
         sock.send(b"ping").await.expect("send");

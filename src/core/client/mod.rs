@@ -108,6 +108,8 @@ pub enum Event {
         peer: Peer,
         /// Its LwM2M Server URI.
         uri: String,
+        /// The Security instance's mode and credentials, for the transport.
+        security: PeerSecurity,
     },
     /// Registered (or registered again) with a server.
     Registered {
@@ -200,6 +202,34 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How the transport must secure a peer: the Security instance's /0/x/2-5. `Debug` never
+/// prints the secret key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PeerSecurity {
+    /// /0/x/2 Security Mode (0 PSK, 1 RPK, 2 certificate, 3 NoSec, 4 EST).
+    pub mode: i64,
+    /// /0/x/3 PSK identity or client certificate.
+    pub identity: Vec<u8>,
+    /// /0/x/4 server public key or certificate.
+    pub server_public_key: Vec<u8>,
+    /// /0/x/5 PSK or private key.
+    pub secret_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSecurity")
+            .field("mode", &self.mode)
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .field("server_public_key", &self.server_public_key.len())
+            .field(
+                "secret_key",
+                &format_args!("<{} bytes>", self.secret_key.len()),
+            )
+            .finish()
+    }
+}
+
 /// One server's state as shown to the operator (`STATUS=`, D-Bus).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStatus {
@@ -223,12 +253,13 @@ impl Client {
         let restored_attrs = restore_state(&mut registry, state);
         let mut servers = BTreeMap::new();
         let mut events = VecDeque::new();
-        for (ssid, uri) in server_accounts(&mut registry, clock.as_ref(), now) {
+        for (ssid, uri, security) in server_accounts(&mut registry, clock.as_ref(), now) {
             let prefs = config.server_prefs.get(&ssid).copied().unwrap_or_default();
             let endpoint = Endpoint::new(config.coap.clone(), rng.next_u64());
             events.push_back(Event::Connect {
                 peer: Peer(ssid),
                 uri,
+                security,
             });
             servers.insert(
                 ssid,
@@ -667,7 +698,11 @@ fn server_instance(
 
 /// (ssid, uri) of every device-management account: a non-bootstrap /0 instance whose Short
 /// Server ID has a /1 instance.
-fn server_accounts(reg: &mut Registry, clock: &dyn WallClock, now: Instant) -> Vec<(u16, String)> {
+fn server_accounts(
+    reg: &mut Registry,
+    clock: &dyn WallClock,
+    now: Instant,
+) -> Vec<(u16, String, PeerSecurity)> {
     let mut out = CtxOutput::default();
     let mut ctx = Ctx {
         now,
@@ -694,14 +729,28 @@ fn server_accounts(reg: &mut Registry, clock: &dyn WallClock, now: Instant) -> V
         else {
             continue;
         };
+        let opaque =
+            |o: &mut dyn super::object::Object, ctx: &mut Ctx<'_>, rid| match read(o, ctx, rid) {
+                Some(Value::Opaque(b)) => b,
+                _ => Vec::new(),
+            };
+        let security = PeerSecurity {
+            mode: match read(security, &mut ctx, 2) {
+                Some(Value::Integer(m)) => m,
+                _ => 3,
+            },
+            identity: opaque(security, &mut ctx, 3),
+            server_public_key: opaque(security, &mut ctx, 4),
+            secret_key: opaque(security, &mut ctx, 5),
+        };
         if let Ok(ssid) = u16::try_from(ssid) {
-            accounts.push((ssid, uri));
+            accounts.push((ssid, uri, security));
         }
     }
     let Some(server) = reg.get_mut(1) else {
         return Vec::new();
     };
-    accounts.retain(|(ssid, _)| server_instance(server, &mut ctx, *ssid).is_some());
+    accounts.retain(|(ssid, _, _)| server_instance(server, &mut ctx, *ssid).is_some());
     accounts
 }
 

@@ -53,6 +53,10 @@ impl Target {
             UriError::Scheme(s) => DownloadError::UnsupportedScheme(s),
             other => DownloadError::InvalidUri(other.to_string()),
         })?;
+        if base.scheme != "coap" {
+            // coaps:// downloads need per-URI DTLS credentials; not wired yet.
+            return Err(DownloadError::UnsupportedScheme(base.scheme));
+        }
         let invalid = |why: &str| DownloadError::InvalidUri(format!("{uri:?}: {why}"));
         if uri.contains('#') {
             // RFC 7252 §6.4 step 4: a fragment makes the URI unusable for a request.
