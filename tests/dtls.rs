@@ -281,22 +281,31 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// With PSK `key` in a file of mode `mode`.
     fn spawn(port: u16, key: &str, mode: u32) -> Self {
-        use std::io::BufRead as _;
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("psk.key");
         std::fs::write(&key_file, key).expect("key");
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let server = format!(
+            "uri = \"coaps://127.0.0.1:{port}\"\nsecurity = \"psk\"\n\
+             psk_identity = \"dtls-e2e\"\npsk_key_file = \"{}\"\n",
+            key_file.display()
+        );
+        Self::start(dir, &server)
+    }
+
+    /// With `server` as the rest of its one `[[server]]` table.
+    fn start(dir: tempfile::TempDir, server: &str) -> Self {
+        use std::io::BufRead as _;
         let config = dir.path().join("lwm2md.toml");
         std::fs::write(
             &config,
             format!(
                 "[agent]\nendpoint = \"urn:dev:os:dtls-e2e\"\nstate_dir = \"{}\"\n\n\
-                 [[server]]\nuri = \"coaps://127.0.0.1:{port}\"\nshort_id = 1\n\
-                 security = \"psk\"\npsk_identity = \"dtls-e2e\"\npsk_key_file = \"{}\"\n",
+                 [[server]]\nshort_id = 1\n{server}",
                 dir.path().join("state").display(),
-                key_file.display()
             ),
         )
         .expect("config");
@@ -395,5 +404,185 @@ async fn a_key_file_readable_by_others_is_refused() {
     // The reader thread may still be draining stderr.
     daemon
         .wait_for(&["readable by others (mode 0644)"], Duration::from_secs(5))
+        .await;
+}
+
+/// A test PKI: a CA, a server certificate for `server.example` and a client certificate, all
+/// ECDSA P-256, written as PEM for libcoap and kept as DER for the client.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_der: Vec<u8>,
+    client_der: Vec<u8>,
+    client_key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let ca_key = KeyPair::generate_for(alg).expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "lwm2md test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let leaf = |name: &str| {
+            let key = KeyPair::generate_for(alg).expect("key");
+            let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+            (cert, key)
+        };
+        let (server, server_key) = leaf("server.example");
+        let (client, client_key) = leaf("urn:dev:os:dtls-e2e");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("ca.pem");
+        std::fs::write(dir.path().join("server.pem"), server.pem()).expect("server.pem");
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("key");
+        // coap-rd takes certificate and key from one file.
+        std::fs::write(
+            dir.path().join("server-and-key.pem"),
+            format!("{}{}", server.pem(), server_key.serialize_pem()),
+        )
+        .expect("server-and-key.pem");
+        std::fs::write(dir.path().join("client.pem"), client.pem()).expect("client.pem");
+        let client_key_file = dir.path().join("client.key");
+        std::fs::write(&client_key_file, client_key.serialize_pem()).expect("client.key");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&client_key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        Self {
+            dir,
+            ca_der: ca.der().to_vec(),
+            client_der: client.der().to_vec(),
+            client_key_der: client_key.serialize_der(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn credentials(&self, server_name: &str, anchor: &[u8]) -> Credentials {
+        Credentials::Certificate(lwm2md::runtime::dtls::CertCredentials {
+            certificate: self.client_der.clone(),
+            private_key: self.client_key_der.clone(),
+            trust_anchor: anchor.to_vec(),
+            server_name: server_name.into(),
+        })
+    }
+}
+
+/// libcoap's server with the PKI's server certificate, verifying clients against its CA.
+async fn libcoap_pki(binary: &str, pki: &Pki) -> Option<(Server, SocketAddr)> {
+    let Some(path) = tool(&[binary], "libcoap3-bin") else {
+        skip(&format!(
+            "{binary} is not installed and apt-get could not install it"
+        ));
+        return None;
+    };
+    let port = free_udp_port();
+    // The resource directory has no -j: its -c file holds the key too.
+    let key: &[&str] = if binary.starts_with("coap-rd") {
+        &["-c", "server-and-key.pem"]
+    } else {
+        &["-c", "server.pem", "-j", "server.key"]
+    };
+    let key: Vec<String> = key
+        .iter()
+        .map(|a| {
+            if a.starts_with('-') {
+                (*a).to_string()
+            } else {
+                pki.path(a)
+            }
+        })
+        .collect();
+    let server = Server::spawn(Command::new(path).args(key).args([
+        "-A",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-C",
+        &pki.path("ca.pem"),
+        "-R",
+        &pki.path("ca.pem"),
+        "-v",
+        "0",
+    ]));
+    wait_for_coap(port).await;
+    Some((server, SocketAddr::from(([127, 0, 0, 1], port + 1))))
+}
+
+#[tokio::test]
+async fn certificate_handshakes_verify_the_server_against_anchor_and_name() {
+    let pki = Pki::new();
+    for binary in ["coap-server-openssl", "coap-server-gnutls"] {
+        let Some((_server, addr)) = libcoap_pki(binary, &pki).await else {
+            return;
+        };
+        // Mutual authentication, the server's chain and name checked.
+        let session = DtlsSession::connect(
+            addr,
+            &pki.credentials("server.example", &pki.ca_der),
+            &settings(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        get_over(&session, 0x200, 0x20).await;
+        session.close().await;
+
+        // The certificate is valid but for another name: the handshake is aborted.
+        let err = DtlsSession::connect(
+            addr,
+            &pki.credentials("other.example", &pki.ca_der),
+            &settings(),
+        )
+        .await
+        .expect_err("host-name mismatch must abort");
+        assert!(
+            matches!(err, DtlsError::Handshake { .. }),
+            "{binary}: {err:?}"
+        );
+
+        // Another trust anchor (the client's own certificate is no CA of the server's).
+        let err = DtlsSession::connect(
+            addr,
+            &pki.credentials("server.example", &pki.client_der),
+            &settings(),
+        )
+        .await
+        .expect_err("unknown issuer must abort");
+        assert!(
+            matches!(err, DtlsError::Handshake { .. }),
+            "{binary}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_registers_over_dtls_with_certificates() {
+    let pki = Pki::new();
+    let Some((_rd, addr)) = libcoap_pki("coap-rd-openssl", &pki).await else {
+        return;
+    };
+    let server = format!(
+        "uri = \"coaps://127.0.0.1:{}\"\nsecurity = \"certificate\"\n\
+         certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n\
+         server_certificate_file = \"{}\"\nserver_name = \"server.example\"\n",
+        addr.port(),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+        pki.path("ca.pem"),
+    );
+    let daemon = Daemon::start(tempfile::tempdir().expect("tempdir"), &server);
+    daemon
+        .wait_for(
+            &["association with 127.0.0.1", "registered with server 1"],
+            Duration::from_secs(15),
+        )
         .await;
 }

@@ -76,6 +76,10 @@ pub(super) struct ServerFragment {
     pub(super) security: Option<String>,
     pub(super) psk_identity: Option<String>,
     pub(super) psk_key_file: Option<PathBuf>,
+    pub(super) certificate_file: Option<PathBuf>,
+    pub(super) private_key_file: Option<PathBuf>,
+    pub(super) server_certificate_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
 }
 
 /// `[device]`.

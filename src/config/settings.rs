@@ -113,6 +113,17 @@ pub enum ServerSecurity {
         /// The key (/0/x/5), read from `psk_key_file` (which must be private to the daemon).
         key: Secret,
     },
+    /// Security mode 2 (DTLS with certificates), for `coaps://` URIs.
+    Certificate {
+        /// The client certificate, DER (/0/x/3), from `certificate_file`.
+        certificate: Vec<u8>,
+        /// Its private key, PKCS#8 DER (/0/x/5), from `private_key_file` (private to the daemon).
+        private_key: Secret,
+        /// The trust anchor for the server's certificate, DER (/0/x/4).
+        server_certificate: Vec<u8>,
+        /// The name the server's certificate must carry when not the URI's host (/0/x/14).
+        server_name: Option<String>,
+    },
 }
 
 /// Key material: `Debug` shows its length only.

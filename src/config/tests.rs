@@ -413,8 +413,18 @@ fn every_error_names_file_key_and_reason() {
         ),
         (
             "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"certificate\"\n".into(),
+            "server[0].certificate_file",
+            &["missing"],
+        ),
+        (
+            server("security = \"certificate\""),
             "server[0].security",
-            &["not supported yet"],
+            &["needs a coaps:// URI"],
+        ),
+        (
+            server("server_name = \"x\""),
+            "server[0].security",
+            &["need security = \"certificate\""],
         ),
         (
             "[[server]]\nuri = \"coaps://h\"\nshort_id = 1\nsecurity = \"rpk\"\n".into(),
@@ -1046,4 +1056,54 @@ fn psk_credentials_come_from_a_private_key_file() {
         .expect_err("refused")
         .to_string();
     assert_contains(&err, &["1 to 64 bytes", "65"]);
+}
+
+#[test]
+fn certificate_credentials_come_from_pem_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = Root::new();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["dev".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let cert_file = root.write("client.pem", &cert.pem());
+    let anchor_file = root.write("ca.pem", &cert.pem());
+    let key_file = root.write("client.key", &key.serialize_pem());
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        "[[server]]\nuri = \"coaps://10.0.0.1\"\nshort_id = 1\nsecurity = \"certificate\"\n\
+         certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n\
+         server_certificate_file = \"{}\"\nserver_name = \"lwm2m.example\"\n",
+        cert_file.display(),
+        key_file.display(),
+        anchor_file.display()
+    );
+    let env = Environment::rooted_at(root.dir.path(), Some("gw"));
+    let settings = Settings::from_toml(&text, &env).expect("valid");
+    assert_eq!(
+        settings.servers[0].security,
+        ServerSecurity::Certificate {
+            certificate: cert.der().to_vec(),
+            private_key: Secret(key.serialize_der()),
+            server_certificate: cert.der().to_vec(),
+            server_name: Some("lwm2m.example".into()),
+        }
+    );
+    assert!(!format!("{settings:?}").contains(&format!("{:?}", key.serialize_der())));
+
+    // A private key others can read is refused.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = Settings::from_toml(&text, &env)
+        .expect_err("refused")
+        .to_string();
+    assert_contains(&err, &["server[0].private_key_file", "mode 0644"]);
+
+    // Not PKCS#8 (a certificate where the key should be): named as such.
+    std::fs::write(&key_file, cert.pem()).expect("write");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = Settings::from_toml(&text, &env)
+        .expect_err("refused")
+        .to_string();
+    assert_contains(&err, &["not a PEM PKCS#8 private key"]);
 }

@@ -320,7 +320,7 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn server(&self, prefix: &str, server: ServerFragment) -> Result<ServerSettings> {
+    fn server(&self, prefix: &str, mut server: ServerFragment) -> Result<ServerSettings> {
         let key = |name: &str| format!("{prefix}.{name}");
         let required = |name: &str| {
             self.error(
@@ -329,15 +329,9 @@ impl Validator<'_> {
             )
         };
 
-        let uri = server.uri.ok_or_else(|| required("uri"))?;
+        let uri = server.uri.take().ok_or_else(|| required("uri"))?;
         let uri = ServerUri::parse(&uri).map_err(|reason| self.error(&key("uri"), reason))?;
-        let security = self.server_security(
-            prefix,
-            &uri,
-            server.security.as_deref(),
-            server.psk_identity,
-            server.psk_key_file,
-        )?;
+        let security = self.server_security(prefix, &uri, &mut server)?;
 
         let short_id = server.short_id.ok_or_else(|| required("short_id"))?;
         let short_id = self.int(&key("short_id"), Some(short_id), 0, 1, 65534)?;
@@ -543,12 +537,18 @@ impl Validator<'_> {
         &self,
         prefix: &str,
         uri: &ServerUri,
-        security: Option<&str>,
-        psk_identity: Option<String>,
-        psk_key_file: Option<PathBuf>,
+        server: &mut ServerFragment,
     ) -> Result<ServerSecurity> {
         let key = |name: &str| format!("{prefix}.{name}");
-        let mode = match (security, uri.is_secure()) {
+        let psk_identity = server.psk_identity.take();
+        let psk_key_file = server.psk_key_file.take();
+        let cert_keys = [
+            server.certificate_file.is_some(),
+            server.private_key_file.is_some(),
+            server.server_certificate_file.is_some(),
+            server.server_name.is_some(),
+        ];
+        let mode = match (server.security.as_deref(), uri.is_secure()) {
             (None, false) | (Some("nosec"), false) => "nosec",
             (None, true) => {
                 return Err(self.error(
@@ -571,10 +571,11 @@ impl Validator<'_> {
                     "\"psk\" needs a coaps:// URI (DTLS); the URI is coap://",
                 ));
             }
-            (Some("certificate"), _) => {
+            (Some("certificate"), true) => "certificate",
+            (Some("certificate"), false) => {
                 return Err(self.error(
                     &key("security"),
-                    "\"certificate\" is not supported yet (DTLS with PSK is)",
+                    "\"certificate\" needs a coaps:// URI (DTLS); the URI is coap://",
                 ));
             }
             (Some("rpk"), _) => {
@@ -586,18 +587,29 @@ impl Validator<'_> {
             (Some(other), _) => {
                 return Err(self.error(
                     &key("security"),
-                    format!("must be one of \"nosec\", \"psk\", found \"{other}\""),
+                    format!(
+                        "must be one of \"nosec\", \"psk\", \"certificate\", found \"{other}\""
+                    ),
                 ));
             }
         };
-        if mode == "nosec" {
-            if psk_identity.is_some() || psk_key_file.is_some() {
-                return Err(self.error(
-                    &key("security"),
-                    "psk_identity and psk_key_file need security = \"psk\"",
-                ));
-            }
-            return Ok(ServerSecurity::NoSec);
+        if mode != "psk" && (psk_identity.is_some() || psk_key_file.is_some()) {
+            return Err(self.error(
+                &key("security"),
+                "psk_identity and psk_key_file need security = \"psk\"",
+            ));
+        }
+        if mode != "certificate" && cert_keys.contains(&true) {
+            return Err(self.error(
+                &key("security"),
+                "certificate_file, private_key_file, server_certificate_file and server_name \
+                 need security = \"certificate\"",
+            ));
+        }
+        match mode {
+            "nosec" => return Ok(ServerSecurity::NoSec),
+            "certificate" => return self.certificate_security(prefix, server),
+            _ => {}
         }
         let identity = psk_identity.filter(|i| !i.is_empty()).ok_or_else(|| {
             self.error(&key("psk_identity"), "missing: security \"psk\" needs it")
@@ -627,6 +639,60 @@ impl Validator<'_> {
         Ok(ServerSecurity::Psk {
             identity: identity.into_bytes(),
             key: Secret(psk),
+        })
+    }
+
+    /// `security = "certificate"`: the client certificate and key, the server's trust anchor.
+    fn certificate_security(
+        &self,
+        prefix: &str,
+        server: &mut ServerFragment,
+    ) -> Result<ServerSecurity> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+        let key = |name: &str| format!("{prefix}.{name}");
+        let file = |name: &str, value: Option<PathBuf>| {
+            self.optional_path(&key(name), value)?
+                .ok_or_else(|| self.error(&key(name), "missing: security \"certificate\" needs it"))
+        };
+        let first_cert = |name: &str, path: &std::path::Path| {
+            CertificateDer::pem_file_iter(path)
+                .map_err(|e| self.error(&key(name), format!("{}: {e}", path.display())))?
+                .next()
+                .ok_or_else(|| {
+                    self.error(
+                        &key(name),
+                        format!("{}: no PEM CERTIFICATE in it", path.display()),
+                    )
+                })?
+                .map(|c| c.to_vec())
+                .map_err(|e| self.error(&key(name), format!("{}: {e}", path.display())))
+        };
+        let cert_file = file("certificate_file", server.certificate_file.take())?;
+        let certificate = first_cert("certificate_file", &cert_file)?;
+        let anchor_file = file(
+            "server_certificate_file",
+            server.server_certificate_file.take(),
+        )?;
+        let server_certificate = first_cert("server_certificate_file", &anchor_file)?;
+        let key_file = file("private_key_file", server.private_key_file.take())?;
+        let pem =
+            read_secret_file(&key_file).map_err(|why| self.error(&key("private_key_file"), why))?;
+        let private_key = PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|e| {
+            self.error(
+                &key("private_key_file"),
+                format!(
+                    "{}: not a PEM PKCS#8 private key (\"BEGIN PRIVATE KEY\"; convert with \
+                     openssl pkcs8 -topk8 -nocrypt): {e}",
+                    key_file.display()
+                ),
+            )
+        })?;
+        Ok(ServerSecurity::Certificate {
+            certificate,
+            private_key: Secret(private_key.secret_pkcs8_der().to_vec()),
+            server_certificate,
+            server_name: server.server_name.take().filter(|n| !n.is_empty()),
         })
     }
 

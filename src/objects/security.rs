@@ -65,6 +65,9 @@ pub struct SecurityAccount {
     pub secret_key: Vec<u8>,
     /// /0/x/10 Short Server ID (absent for the bootstrap account).
     pub ssid: Option<u16>,
+    /// /0/x/14 SNI: the name the server's certificate must carry (and the TLS SNI), when it
+    /// is not the URI's host (e.g. the URI holds an IP address).
+    pub sni: Option<String>,
 }
 
 impl fmt::Debug for SecurityAccount {
@@ -93,6 +96,7 @@ impl SecurityAccount {
             server_public_key: Vec::new(),
             secret_key: Vec::new(),
             ssid: Some(ssid),
+            sni: None,
         }
     }
 }
@@ -131,11 +135,17 @@ impl Object for Security {
     }
 
     fn resources(&self, instance: u16) -> Vec<u16> {
-        match self.accounts.get(&instance) {
-            Some(a) if a.ssid.is_some() => vec![0, 1, 2, 3, 4, 5, 10],
-            Some(_) => vec![0, 1, 2, 3, 4, 5],
-            None => Vec::new(),
+        let Some(a) = self.accounts.get(&instance) else {
+            return Vec::new();
+        };
+        let mut ids = vec![0, 1, 2, 3, 4, 5];
+        if a.ssid.is_some() {
+            ids.push(10);
         }
+        if a.sni.is_some() {
+            ids.push(14);
+        }
+        ids
     }
 
     fn read(
@@ -153,6 +163,7 @@ impl Object for Security {
             4 => Value::Opaque(a.server_public_key.clone()),
             5 => Value::Opaque(a.secret_key.clone()),
             10 => Value::Integer(i64::from(a.ssid.ok_or(Error::NotFound)?)),
+            14 => Value::String(a.sni.clone().ok_or(Error::NotFound)?),
             _ => return Err(Error::NotFound),
         };
         Ok(ResourceValue::Single(v))
@@ -185,6 +196,7 @@ impl Object for Security {
                     u16::try_from(id).map_err(|_| Error::bad("short server id out of range"))?,
                 )
             }
+            (14, Value::String(s)) => a.sni = Some(s),
             _ => return Err(Error::not_allowed("resource is not supported")),
         }
         ctx.persist();

@@ -136,10 +136,25 @@ pub fn registry(
         .iter()
         .map(|s| {
             let mut account = SecurityAccount::nosec(s.uri.as_str(), s.short_id.get());
-            if let ServerSecurity::Psk { identity, key } = &s.security {
-                account.mode = SecurityMode::Psk;
-                account.identity.clone_from(identity);
-                account.secret_key.clone_from(&key.0);
+            match &s.security {
+                ServerSecurity::NoSec => {}
+                ServerSecurity::Psk { identity, key } => {
+                    account.mode = SecurityMode::Psk;
+                    account.identity.clone_from(identity);
+                    account.secret_key.clone_from(&key.0);
+                }
+                ServerSecurity::Certificate {
+                    certificate,
+                    private_key,
+                    server_certificate,
+                    server_name,
+                } => {
+                    account.mode = SecurityMode::Certificate;
+                    account.identity.clone_from(certificate);
+                    account.secret_key.clone_from(&private_key.0);
+                    account.server_public_key.clone_from(server_certificate);
+                    account.sni.clone_from(server_name);
+                }
             }
             account
         })

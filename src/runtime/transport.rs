@@ -9,7 +9,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::core::client::{Peer, PeerSecurity};
-use crate::runtime::dtls::{Credentials, DtlsLink, DtlsSettings, LinkEvent, PskCredentials};
+use crate::runtime::dtls::{
+    CertCredentials, Credentials, DtlsLink, DtlsSettings, LinkEvent, PskCredentials,
+};
 
 /// Largest datagram we accept (a UDP payload cannot be larger).
 const MAX_DATAGRAM: usize = 65_535;
@@ -109,7 +111,9 @@ fn invalid(why: impl Into<String>) -> std::io::Error {
 }
 
 /// The DTLS credentials of a Security instance, or why it cannot be used over `coaps://`.
-fn credentials(security: &PeerSecurity) -> Result<Credentials, std::io::Error> {
+/// `host` is the URI's host: the name a server certificate must carry unless /0/x/14 says
+/// otherwise.
+fn credentials(security: &PeerSecurity, host: &str) -> Result<Credentials, std::io::Error> {
     match security.mode {
         0 if security.identity.is_empty() || security.secret_key.is_empty() => Err(invalid(
             "security mode PSK without an identity or a key (/0/x/3, /0/x/5)",
@@ -121,10 +125,24 @@ fn credentials(security: &PeerSecurity) -> Result<Credentials, std::io::Error> {
         1 => Err(invalid(
             "security mode 1 (raw public key) is not supported: the DTLS library cannot do it",
         )),
-        2 | 4 => Err(invalid(format!(
-            "security mode {} (certificates) is not supported yet",
-            security.mode
-        ))),
+        2 if security.identity.is_empty()
+            || security.secret_key.is_empty()
+            || security.server_public_key.is_empty() =>
+        {
+            Err(invalid(
+                "security mode 2 (certificate) needs a client certificate, its private key and \
+                 the server's trust anchor (/0/x/3, /0/x/5, /0/x/4)",
+            ))
+        }
+        2 => Ok(Credentials::Certificate(CertCredentials {
+            certificate: security.identity.clone(),
+            private_key: security.secret_key.clone(),
+            trust_anchor: security.server_public_key.clone(),
+            server_name: security.sni.clone().unwrap_or_else(|| host.to_string()),
+        })),
+        4 => Err(invalid(
+            "security mode 4 (certificate with EST) is not supported",
+        )),
         3 => Err(invalid("a coaps:// server with security mode 3 (NoSec)")),
         other => Err(invalid(format!("unknown security mode {other}"))),
     }
@@ -151,7 +169,7 @@ impl PeerSocket {
                 )
             })?;
         if parsed.scheme == "coaps" {
-            let creds = credentials(security)?;
+            let creds = credentials(security, &parsed.host)?;
             let (events_tx, mut events) = mpsc::channel(64);
             let link = DtlsLink::spawn(
                 parsed.host.clone(),
@@ -292,17 +310,31 @@ mod tests {
             ..PeerSecurity::default()
         };
         assert!(matches!(
-            credentials(&mode(0, b"k")),
+            credentials(&mode(0, b"k"), "h"),
             Ok(Credentials::Psk(_))
         ));
+        let mut cert = mode(2, b"k");
+        cert.server_public_key = b"anchor".to_vec();
+        match credentials(&cert, "server.example") {
+            Ok(Credentials::Certificate(c)) => assert_eq!(c.server_name, "server.example"),
+            other => panic!("{other:?}"),
+        }
+        cert.sni = Some("named.example".into());
+        match credentials(&cert, "10.0.0.1") {
+            Ok(Credentials::Certificate(c)) => assert_eq!(c.server_name, "named.example"),
+            other => panic!("{other:?}"),
+        }
         for (security, why) in [
             (mode(0, b""), "without an identity or a key"),
             (mode(1, b"k"), "raw public key"),
-            (mode(2, b"k"), "not supported yet"),
+            (mode(2, b"k"), "trust anchor"),
+            (mode(4, b"k"), "EST"),
             (mode(3, b""), "NoSec"),
             (mode(9, b""), "unknown security mode 9"),
         ] {
-            let err = credentials(&security).expect_err("refused").to_string();
+            let err = credentials(&security, "h")
+                .expect_err("refused")
+                .to_string();
             assert!(err.contains(why), "{err}");
         }
     }

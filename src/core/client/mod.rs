@@ -214,6 +214,8 @@ pub struct PeerSecurity {
     pub server_public_key: Vec<u8>,
     /// /0/x/5 PSK or private key.
     pub secret_key: Vec<u8>,
+    /// /0/x/14 SNI, when set.
+    pub sni: Option<String>,
 }
 
 impl std::fmt::Debug for PeerSecurity {
@@ -226,6 +228,7 @@ impl std::fmt::Debug for PeerSecurity {
                 "secret_key",
                 &format_args!("<{} bytes>", self.secret_key.len()),
             )
+            .field("sni", &self.sni)
             .finish()
     }
 }
@@ -742,6 +745,10 @@ fn server_accounts(
             identity: opaque(security, &mut ctx, 3),
             server_public_key: opaque(security, &mut ctx, 4),
             secret_key: opaque(security, &mut ctx, 5),
+            sni: match read(security, &mut ctx, 14) {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            },
         };
         if let Ok(ssid) = u16::try_from(ssid) {
             accounts.push((ssid, uri, security));

@@ -9,4 +9,6 @@ pub mod link;
 pub mod session;
 
 pub use link::{DtlsLink, LinkEvent};
-pub use session::{Credentials, DtlsError, DtlsSession, DtlsSettings, PskCredentials};
+pub use session::{
+    CertCredentials, Credentials, DtlsError, DtlsSession, DtlsSettings, PskCredentials,
+};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use dtls::cipher_suite::CipherSuiteId;
 use dtls::config::{Config, ExtendedMasterSecretType};
 use dtls::conn::DTLSConn;
+use rustls_pki_types::CertificateDer;
 use tokio::net::UdpSocket;
 use webrtc_util::conn::Conn;
 
@@ -34,11 +35,37 @@ impl std::fmt::Debug for PskCredentials {
     }
 }
 
+/// Certificate credentials (security mode 2). The private key never appears in `Debug`.
+#[derive(Clone)]
+pub struct CertCredentials {
+    /// The client certificate (DER, /0/x/3).
+    pub certificate: Vec<u8>,
+    /// Its private key (PKCS#8 DER, /0/x/5): ECDSA P-256 or Ed25519.
+    pub private_key: Vec<u8>,
+    /// The trust anchor the server's certificate must chain to (DER, /0/x/4).
+    pub trust_anchor: Vec<u8>,
+    /// The name the server's certificate must carry (/0/x/14, else the URI's host).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for CertCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertCredentials")
+            .field("certificate", &self.certificate.len())
+            .field("private_key", &"<secret>")
+            .field("trust_anchor", &self.trust_anchor.len())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
 /// How the client authenticates.
 #[derive(Debug, Clone)]
 pub enum Credentials {
     /// Security mode 0.
     Psk(PskCredentials),
+    /// Security mode 2: the server is verified against the trust anchor and its name.
+    Certificate(CertCredentials),
 }
 
 /// Timing of handshakes.
@@ -104,10 +131,15 @@ fn suites(creds: &Credentials) -> Vec<CipherSuiteId> {
             CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
             CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
         ],
+        Credentials::Certificate(_) => vec![
+            CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Ccm_8,
+            CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Ccm,
+            CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256,
+        ],
     }
 }
 
-fn config(creds: &Credentials) -> Config {
+fn config(creds: &Credentials) -> Result<Config, String> {
     let mut config = Config {
         cipher_suites: suites(creds),
         extended_master_secret: ExtendedMasterSecretType::Request,
@@ -122,8 +154,26 @@ fn config(creds: &Credentials) -> Config {
             }));
             config.psk_identity_hint = Some(psk.identity.clone());
         }
+        Credentials::Certificate(cert) => {
+            let key = rcgen::KeyPair::try_from(cert.private_key.as_slice())
+                .map_err(|e| format!("private key (PKCS#8 DER, ECDSA P-256 or Ed25519): {e}"))?;
+            let private_key = dtls::crypto::CryptoPrivateKey::from_key_pair(&key)
+                .map_err(|e| format!("private key: {e}"))?;
+            config.certificates = vec![dtls::crypto::Certificate {
+                certificate: vec![CertificateDer::from(cert.certificate.clone())],
+                private_key,
+            }];
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(cert.trust_anchor.clone()))
+                .map_err(|e| format!("trust anchor: {e}"))?;
+            config.roots_cas = roots;
+            // Verified against the certificate (the crate checks the chain, then the name);
+            // also sent as SNI.
+            config.server_name.clone_from(&cert.server_name);
+        }
     }
-    config
+    Ok(config)
 }
 
 /// One established association.
@@ -159,7 +209,11 @@ impl DtlsSession {
         let filter = Arc::new(Mutex::new(RecordFilter::new()));
         let transport = Arc::new(FilteredConn::new(Arc::new(socket), Arc::clone(&filter)));
         let conn: Arc<dyn Conn + Send + Sync> = Arc::clone(&transport) as _;
-        let handshake = DTLSConn::new(conn, config(creds), true, None);
+        let config = config(creds).map_err(|why| DtlsError::Handshake {
+            peer,
+            why: format!("credentials unusable: {why}"),
+        })?;
+        let handshake = DTLSConn::new(conn, config, true, None);
         let conn = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
             Err(_) => {
                 return Err(DtlsError::Timeout {
