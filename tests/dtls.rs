@@ -152,6 +152,8 @@ struct Relay {
     addr: SocketAddr,
     socket: Arc<UdpSocket>,
     client: Arc<Mutex<Option<SocketAddr>>>,
+    /// Every datagram relayed: (towards the server, length).
+    log: Arc<std::sync::Mutex<Vec<(bool, usize)>>>,
 }
 
 impl Relay {
@@ -159,17 +161,20 @@ impl Relay {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let addr = socket.local_addr().expect("addr");
         let client = Arc::new(Mutex::new(None));
-        let (s, c) = (Arc::clone(&socket), Arc::clone(&client));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, c, l) = (Arc::clone(&socket), Arc::clone(&client), Arc::clone(&log));
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                if from == server {
-                    if let Some(to) = *c.lock().await {
-                        let _ = s.send_to(&buf[..n], to).await;
-                    }
-                } else {
+                let upstream = from != server;
+                if let Ok(mut l) = l.lock() {
+                    l.push((upstream, n));
+                }
+                if upstream {
                     *c.lock().await = Some(from);
                     let _ = s.send_to(&buf[..n], server).await;
+                } else if let Some(to) = *c.lock().await {
+                    let _ = s.send_to(&buf[..n], to).await;
                 }
             }
         });
@@ -177,7 +182,37 @@ impl Relay {
             addr,
             socket,
             client,
+            log,
         }
+    }
+
+    /// Forgets what was relayed so far.
+    fn reset(&self) {
+        if let Ok(mut l) = self.log.lock() {
+            l.clear();
+        }
+    }
+
+    /// (datagrams, bytes) each way and the flights (runs of datagrams in one direction) since
+    /// the last reset: a handshake's round trips are its flights / 2.
+    fn traffic(&self) -> Traffic {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut t = Traffic::default();
+        let mut last = None;
+        for (up, n) in log {
+            if up {
+                t.up_datagrams += 1;
+                t.up_bytes += n;
+            } else {
+                t.down_datagrams += 1;
+                t.down_bytes += n;
+            }
+            if last != Some(up) {
+                t.flights += 1;
+                last = Some(up);
+            }
+        }
+        t
     }
 
     async fn inject(&self, datagram: &[u8]) {
@@ -585,4 +620,105 @@ async fn the_daemon_registers_over_dtls_with_certificates() {
             Duration::from_secs(15),
         )
         .await;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    up_datagrams: usize,
+    up_bytes: usize,
+    down_datagrams: usize,
+    down_bytes: usize,
+    flights: usize,
+}
+
+/// Handshake cost, for `tests/bench/dtls.sh` (ignored in the test run): time (median of 20
+/// on loopback), datagrams, bytes and flights through the relay, for PSK and certificates
+/// against OpenSSL and GnuTLS; and a re-handshake after a lost association, which costs a full
+/// handshake (the crate has no session resumption or Connection ID).
+#[tokio::test]
+#[ignore = "benchmark: tests/bench/dtls.sh"]
+async fn bench_handshake_cost() {
+    let pki = Pki::new();
+    println!(
+        "{:<22} {:<8} {:>9} {:>9} {:>14} {:>14} {:>12}",
+        "server", "mode", "median", "max", "client→server", "server→client", "round trips"
+    );
+    for binary in ["coap-server-openssl", "coap-server-gnutls"] {
+        for mode in ["psk", "cert"] {
+            let (_server, addr) = if mode == "psk" {
+                let Some(server) = Libcoap::start(binary).await else {
+                    return;
+                };
+                let addr = server.dtls();
+                (Box::new(server) as Box<dyn std::any::Any>, addr)
+            } else {
+                let Some((server, addr)) = libcoap_pki(binary, &pki).await else {
+                    return;
+                };
+                (Box::new(server) as Box<dyn std::any::Any>, addr)
+            };
+            let relay = Relay::start(addr).await;
+            let creds = if mode == "psk" {
+                psk(KEY)
+            } else {
+                pki.credentials("server.example", &pki.ca_der)
+            };
+            let mut times = Vec::new();
+            let mut traffic = Traffic::default();
+            for _ in 0..20 {
+                relay.reset();
+                let t0 = Instant::now();
+                let session = DtlsSession::connect(relay.addr, &creds, &settings())
+                    .await
+                    .expect("handshake");
+                times.push(t0.elapsed());
+                traffic = relay.traffic();
+                session.close().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            times.sort();
+            println!(
+                "{binary:<22} {mode:<8} {:>6.1} ms {:>6.1} ms {:>4} dg {:>5} B {:>4} dg {:>5} B {:>12}",
+                times[times.len() / 2].as_secs_f64() * 1e3,
+                times[times.len() - 1].as_secs_f64() * 1e3,
+                traffic.up_datagrams,
+                traffic.up_bytes,
+                traffic.down_datagrams,
+                traffic.down_bytes,
+                traffic.flights / 2,
+            );
+        }
+    }
+    // A re-handshake: the link after a forged record ended the association, PSK, OpenSSL.
+    let Some(server) = Libcoap::start("coap-server-openssl").await else {
+        return;
+    };
+    let relay = Relay::start(server.dtls()).await;
+    let (events_tx, mut events) = mpsc::channel(64);
+    let _link = DtlsLink::spawn(
+        "127.0.0.1".into(),
+        relay.addr.port(),
+        psk(KEY),
+        settings(),
+        events_tx,
+    );
+    assert!(matches!(next(&mut events).await, LinkEvent::Up(_)));
+    relay.reset();
+    let t0 = Instant::now();
+    relay.inject(&record(23, 1, 200, &[0x5A; 64])).await;
+    loop {
+        if let LinkEvent::Up(_) = next(&mut events).await {
+            break;
+        }
+    }
+    let t = relay.traffic();
+    println!(
+        "re-handshake (PSK, OpenSSL) after a lost association: {:.1} ms from the forged record, \
+         {} + {} datagrams, {} + {} bytes (a full handshake)",
+        t0.elapsed().as_secs_f64() * 1e3,
+        t.up_datagrams,
+        t.down_datagrams,
+        t.up_bytes,
+        t.down_bytes
+    );
 }
