@@ -104,6 +104,20 @@ pub(super) struct ConnectivityFragment {
     pub(super) ignore_interfaces: Option<Vec<String>>,
 }
 
+/// One `[[update.coaps]]` table: DTLS credentials for `coaps://` package URIs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CoapsFragment {
+    pub(super) prefix: Option<String>,
+    pub(super) security: Option<String>,
+    pub(super) psk_identity: Option<String>,
+    pub(super) psk_key_file: Option<PathBuf>,
+    pub(super) certificate_file: Option<PathBuf>,
+    pub(super) private_key_file: Option<PathBuf>,
+    pub(super) server_certificate_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+}
+
 /// `[update]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +140,7 @@ pub(super) struct UpdateFragment {
     pub(super) defer_retry: Option<i64>,
     pub(super) checkpoint_bytes: Option<i64>,
     pub(super) ca_file: Option<std::path::PathBuf>,
+    pub(super) coaps: Option<Vec<CoapsFragment>>,
     pub(super) download_connect_timeout: Option<i64>,
     pub(super) download_idle_timeout: Option<i64>,
     pub(super) download_timeout: Option<i64>,

@@ -126,6 +126,15 @@ pub enum ServerSecurity {
     },
 }
 
+/// Credentials for the `coaps://` package URIs that start with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoapsCredential {
+    /// A `coaps://host[:port]/…` prefix; the longest one that matches a URI applies.
+    pub prefix: String,
+    /// PSK or certificate credentials (never `NoSec`).
+    pub security: ServerSecurity,
+}
+
 /// Key material: `Debug` shows its length only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
@@ -235,6 +244,8 @@ pub struct UpdateSettings {
     pub download_retry_initial: Duration,
     /// Back-off cap.
     pub download_retry_max: Duration,
+    /// DTLS credentials for `coaps://` package URIs, by URI prefix (`[[update.coaps]]`).
+    pub coaps: Vec<CoapsCredential>,
 }
 
 /// A Short Server ID: 1..=65534 (0 and 65535 are reserved, LwM2M Core §E.1 /0/x/10).

@@ -1107,3 +1107,48 @@ fn certificate_credentials_come_from_pem_files() {
         .to_string();
     assert_contains(&err, &["not a PEM PKCS#8 private key"]);
 }
+
+#[test]
+fn coaps_download_credentials_per_prefix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = Root::new();
+    let key = root.write("fw.psk", "download-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let update = "[update]\nbackend = \"fake\"\ncompatible = \"x\"\nfake_dir = \"/tmp/slots\"\n";
+    let env = Environment::rooted_at(root.dir.path(), Some("gw"));
+    let text = format!(
+        "{SERVER}{update}[[update.coaps]]\nprefix = \"coaps://fw.example.com/\"\n\
+         security = \"psk\"\npsk_identity = \"gw-7\"\npsk_key_file = \"{}\"\n",
+        key.display()
+    );
+    let s = Settings::from_toml(&text, &env).expect("valid");
+    let u = s.update.expect("update");
+    assert_eq!(
+        u.coaps,
+        vec![CoapsCredential {
+            prefix: "coaps://fw.example.com/".into(),
+            security: ServerSecurity::Psk {
+                identity: b"gw-7".to_vec(),
+                key: Secret(b"download-key".to_vec()),
+            },
+        }]
+    );
+    for (table, key_name, reason) in [
+        ("security = \"psk\"\n", "update.coaps[0].prefix", "missing"),
+        (
+            "prefix = \"coap://fw.example.com/\"\nsecurity = \"psk\"\n",
+            "update.coaps[0].prefix",
+            "must be a coaps://",
+        ),
+        (
+            "prefix = \"coaps://fw.example.com/\"\n",
+            "update.coaps[0].uri",
+            "needs DTLS credentials",
+        ),
+    ] {
+        let err = Settings::from_toml(&format!("{SERVER}{update}[[update.coaps]]\n{table}"), &env)
+            .expect_err("refused")
+            .to_string();
+        assert_contains(&err, &[key_name, reason]);
+    }
+}

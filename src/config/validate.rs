@@ -7,13 +7,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::fragments::{Fragment, ServerFragment};
+use super::fragments::{CoapsFragment, Fragment, ServerFragment};
 use super::layers::{Layers, Origins};
 use super::settings::{
-    AgentSettings, Binding, BlockSize, CoapSettings, ConnectivitySettings, ContentFormat,
-    DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion, NotificationMode,
-    ObserveSettings, RegistrationSettings, Secret, ServerSecurity, ServerSettings, Settings,
-    ShortServerId, UpdateBackend, UpdateSettings,
+    AgentSettings, Binding, BlockSize, CoapSettings, CoapsCredential, ConnectivitySettings,
+    ContentFormat, DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion,
+    NotificationMode, ObserveSettings, RegistrationSettings, Secret, ServerSecurity,
+    ServerSettings, Settings, ShortServerId, UpdateBackend, UpdateSettings,
 };
 use super::uri::ServerUri;
 use super::{ConfigError, Environment, Origin, Overrides};
@@ -642,6 +642,43 @@ impl Validator<'_> {
         })
     }
 
+    /// `[[update.coaps]]`: per-prefix DTLS credentials for package downloads (a download
+    /// server is not the LwM2M server, so it has credentials of its own).
+    fn coaps_credentials(&self, tables: Vec<CoapsFragment>) -> Result<Vec<CoapsCredential>> {
+        let mut out = Vec::new();
+        for (i, t) in tables.into_iter().enumerate() {
+            let prefix_key = format!("update.coaps[{i}]");
+            let prefix = t.prefix.clone().ok_or_else(|| {
+                self.error(
+                    &format!("{prefix_key}.prefix"),
+                    "missing: every [[update.coaps]] needs a coaps:// prefix",
+                )
+            })?;
+            let uri = ServerUri::parse(&prefix)
+                .ok()
+                .filter(ServerUri::is_secure)
+                .ok_or_else(|| {
+                    self.error(
+                        &format!("{prefix_key}.prefix"),
+                        format!("must be a coaps://host[:port][/path] prefix, found \"{prefix}\""),
+                    )
+                })?;
+            let mut fragment = ServerFragment {
+                security: t.security,
+                psk_identity: t.psk_identity,
+                psk_key_file: t.psk_key_file,
+                certificate_file: t.certificate_file,
+                private_key_file: t.private_key_file,
+                server_certificate_file: t.server_certificate_file,
+                server_name: t.server_name,
+                ..ServerFragment::default()
+            };
+            let security = self.server_security(&prefix_key, &uri, &mut fragment)?;
+            out.push(CoapsCredential { prefix, security });
+        }
+        Ok(out)
+    }
+
     /// `security = "certificate"`: the client certificate and key, the server's trust anchor.
     fn certificate_security(
         &self,
@@ -807,6 +844,7 @@ impl Validator<'_> {
                 )?
                 .unsigned_abs(),
             ca_file: self.optional_path("update.ca_file", u.ca_file)?,
+            coaps: self.coaps_credentials(u.coaps.unwrap_or_default())?,
             download_connect_timeout: self.seconds(
                 "update.download_connect_timeout",
                 u.download_connect_timeout,

@@ -159,6 +159,7 @@ pub(crate) fn test_config() -> DownloadConfig {
             ..CoapConfig::default()
         },
         block_szx: 6,
+        coaps: Vec::new(),
     }
 }
 

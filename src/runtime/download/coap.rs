@@ -27,6 +27,7 @@ use crate::core::coap::block::MAX_SZX;
 use crate::core::coap::blockwise::{Block2Download, BlockwiseError};
 use crate::core::coap::endpoint::{Endpoint, EndpointEvent};
 use crate::core::coap::message::{Code, Message, opt};
+use crate::runtime::dtls::{Credentials, DtlsError, DtlsSession, DtlsSettings};
 use crate::runtime::transport::{CoapUri, UriError};
 
 /// Requests on one socket before a fresh one is used. The endpoint's message-ID allocator
@@ -42,6 +43,8 @@ const MAX_DATAGRAM: usize = 65_535;
 pub(super) struct Target {
     host: String,
     port: u16,
+    /// `coaps://`: over DTLS.
+    secure: bool,
     /// Uri-Host, Uri-Path and Uri-Query options.
     options: Vec<(u16, Vec<u8>)>,
 }
@@ -53,10 +56,6 @@ impl Target {
             UriError::Scheme(s) => DownloadError::UnsupportedScheme(s),
             other => DownloadError::InvalidUri(other.to_string()),
         })?;
-        if base.scheme != "coap" {
-            // coaps:// downloads need per-URI DTLS credentials; not wired yet.
-            return Err(DownloadError::UnsupportedScheme(base.scheme));
-        }
         let invalid = |why: &str| DownloadError::InvalidUri(format!("{uri:?}: {why}"));
         if uri.contains('#') {
             // RFC 7252 §6.4 step 4: a fragment makes the URI unusable for a request.
@@ -90,6 +89,7 @@ impl Target {
             }
         }
         Ok(Self {
+            secure: base.scheme == "coaps",
             host: base.host,
             port: base.port,
             options,
@@ -160,6 +160,19 @@ pub(super) async fn fetch(
     seed: u64,
 ) -> Result<FetchMeta, DownloadError> {
     let target = Target::parse(&req.uri)?;
+    let credentials = match target.secure {
+        false => None,
+        true => Some(
+            config
+                .coaps_credentials(&req.uri, &target.host)
+                .ok_or_else(|| {
+                    DownloadError::UnsupportedScheme(format!(
+                        "coaps (no [[update.coaps]] credentials for {})",
+                        req.uri
+                    ))
+                })?,
+        ),
+    };
     let mut known = Known {
         etag: req.etag.clone(),
         total: None,
@@ -169,10 +182,18 @@ pub(super) async fn fetch(
     let mut sockets = 0u64;
     loop {
         let before = delivery.next();
-        let failure = match attempt(&target, config, delivery, &mut known, &mut link, || {
-            sockets += 1;
-            seed.wrapping_add(sockets)
-        })
+        let failure = match attempt(
+            &target,
+            credentials.as_ref(),
+            config,
+            delivery,
+            &mut known,
+            &mut link,
+            || {
+                sockets += 1;
+                seed.wrapping_add(sockets)
+            },
+        )
         .await
         {
             Ok(()) => {
@@ -193,6 +214,7 @@ pub(super) async fn fetch(
 /// One attempt: blocks from `delivery.next()` on until the end, a failure, or the idle timeout.
 async fn attempt(
     target: &Target,
+    credentials: Option<&Credentials>,
     config: &DownloadConfig,
     delivery: &mut Delivery,
     known: &mut Known,
@@ -215,7 +237,7 @@ async fn attempt(
             None => {
                 let opened = tokio::time::timeout(
                     config.connect_timeout,
-                    Link::open(target, config, next_seed()),
+                    Link::open(target, credentials, config, next_seed()),
                 )
                 .await
                 .unwrap_or_else(|_| {
@@ -294,10 +316,36 @@ struct Lost {
     broken_socket: bool,
 }
 
+/// The datagram socket of a link: plain UDP, or a DTLS association for `coaps://`.
+#[derive(Debug)]
+enum Socket {
+    Udp(UdpSocket),
+    /// Boxed: an association is large, and a link holds one or the other.
+    Dtls(Box<DtlsSession>),
+}
+
+impl Socket {
+    async fn send(&self, data: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Udp(s) => s.send(data).await.map(|_| ()).map_err(|e| e.to_string()),
+            Self::Dtls(s) => s.send(data).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// One datagram; `Err(fatal)` where `fatal` says whether the socket is unusable now (a
+    /// lost DTLS association: the next attempt needs a new handshake).
+    async fn recv(&self, buf: &mut [u8]) -> Result<usize, (String, bool)> {
+        match self {
+            Self::Udp(s) => s.recv(buf).await.map_err(|e| (e.to_string(), false)),
+            Self::Dtls(s) => s.recv(buf).await.map_err(|e| (e.to_string(), true)),
+        }
+    }
+}
+
 /// A socket towards the server with the endpoint that runs the message layer on it.
 #[derive(Debug)]
 struct Link {
-    socket: UdpSocket,
+    socket: Socket,
     endpoint: Endpoint,
     requests: u32,
     buf: Vec<u8>,
@@ -307,11 +355,36 @@ impl Link {
     /// Resolves the server (a failure is `InvalidUri`) and opens a connected socket to it.
     async fn open(
         target: &Target,
+        credentials: Option<&Credentials>,
         config: &DownloadConfig,
         seed: u64,
     ) -> Result<Self, DownloadError> {
         let remote = target.resolve().await.map_err(DownloadError::InvalidUri)?;
         let lost = |e: String| DownloadError::ConnectionLost(e);
+        if let Some(credentials) = credentials {
+            let settings = DtlsSettings {
+                handshake_timeout: config.connect_timeout,
+                ..DtlsSettings::default()
+            };
+            let session = DtlsSession::connect(remote, credentials, &settings)
+                .await
+                .map_err(|e| match e {
+                    // A certificate or key the server refuses will not change on a retry, but
+                    // a server that is not up yet looks the same as a wrong PSK (no answer):
+                    // both are retried, and reported as TLS failures when the retries run out.
+                    DtlsError::Handshake { .. } | DtlsError::Timeout { .. } => {
+                        DownloadError::Tls(e.to_string())
+                    }
+                    other => lost(other.to_string()),
+                })?;
+            log::debug!("download: coaps association with {remote}");
+            return Ok(Self {
+                socket: Socket::Dtls(Box::new(session)),
+                endpoint: Endpoint::new(config.coap.clone(), seed),
+                requests: 0,
+                buf: vec![0; MAX_DATAGRAM],
+            });
+        }
         let local: SocketAddr = if remote.is_ipv6() {
             SocketAddr::from(([0u16; 8], 0))
         } else {
@@ -327,7 +400,7 @@ impl Link {
             .map_err(|e| lost(format!("connect to {remote}: {e}")))?;
         log::debug!("download: coap socket {:?} → {remote}", socket.local_addr());
         Ok(Self {
-            socket,
+            socket: Socket::Udp(socket),
             endpoint: Endpoint::new(config.coap.clone(), seed),
             requests: 0,
             buf: vec![0; MAX_DATAGRAM],
@@ -356,7 +429,7 @@ impl Link {
                     // Retransmission covers a transient error; a persistent one ends in TimedOut
                     // and then a new socket.
                     log::debug!("download: coap send: {e}");
-                    send_error = Some(e.to_string());
+                    send_error = Some(e);
                 }
             }
             while let Some(event) = self.endpoint.poll_event() {
@@ -404,9 +477,16 @@ impl Link {
                         let data = self.buf.get(..n).unwrap_or_default();
                         self.endpoint.handle_datagram(Instant::now(), data);
                     }
+                    // A lost DTLS association: this socket is done, a new attempt handshakes.
+                    Err((e, true)) => {
+                        return Err(Lost {
+                            why: format!("DTLS: {e}"),
+                            broken_socket: true,
+                        });
+                    }
                     // ICMP port unreachable and the like: the server is not there (yet); the
                     // endpoint's retransmission decides when to give up.
-                    Err(e) => log::debug!("download: coap receive: {e}"),
+                    Err((e, false)) => log::debug!("download: coap receive: {e}"),
                 },
                 () = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= give_up {
@@ -468,9 +548,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(Target::parse("coaps://h/a").is_ok_and(|t| t.secure && t.port == 5684));
         assert_eq!(
-            Target::parse("coaps://h/a"),
-            Err(DownloadError::UnsupportedScheme("coaps".into()))
+            Target::parse("coap+tcp://h/a"),
+            Err(DownloadError::UnsupportedScheme("coap+tcp".into()))
         );
     }
 

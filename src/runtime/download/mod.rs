@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::config::CoapsCredential;
 use crate::core::coap::endpoint::CoapConfig;
+use crate::runtime::dtls::Credentials;
 
 /// What to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,33 @@ pub struct DownloadConfig {
     pub coap: CoapConfig,
     /// Block size exponent asked for in Block2 (6 = 1024 bytes; larger values are clamped to 6).
     pub block_szx: u8,
+    /// DTLS credentials for `coaps://` URIs, by prefix; a `coaps://` URI no prefix matches is
+    /// unsupported (Result 9).
+    pub coaps: Vec<CoapsCredential>,
+}
+
+impl DownloadConfig {
+    /// The credentials for the `coaps://` URI `uri` on `host`: those of the longest matching
+    /// prefix (compared with the scheme and host in lower case, as URIs compare them).
+    pub fn coaps_credentials(&self, uri: &str, host: &str) -> Option<Credentials> {
+        let lower = |u: &str| match u.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                format!(
+                    "{}://{}{path}",
+                    scheme.to_ascii_lowercase(),
+                    authority.to_ascii_lowercase()
+                )
+            }
+            None => u.to_string(),
+        };
+        let uri = lower(uri);
+        self.coaps
+            .iter()
+            .filter(|c| uri.starts_with(&lower(&c.prefix)))
+            .max_by_key(|c| c.prefix.len())
+            .and_then(|c| Credentials::from_config(&c.security, host))
+    }
 }
 
 /// Why a fetch failed.
@@ -134,6 +163,7 @@ impl Default for DownloadConfig {
             retry_max: Duration::from_secs(300),
             coap: CoapConfig::default(),
             block_szx: 6,
+            coaps: Vec::new(),
         }
     }
 }
@@ -176,7 +206,7 @@ impl Scheme {
             return Err(DownloadError::InvalidUri(format!("bad scheme in {uri:?}")));
         }
         match scheme.to_ascii_lowercase().as_str() {
-            "coap" => Ok(Self::Coap),
+            "coap" | "coaps" => Ok(Self::Coap),
             "http" | "https" => Ok(Self::Http),
             other => Err(DownloadError::UnsupportedScheme(other.to_string())),
         }
@@ -231,6 +261,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coaps_credentials_come_from_the_longest_matching_prefix() {
+        use crate::config::{CoapsCredential, Secret, ServerSecurity};
+        let psk = |id: &str| ServerSecurity::Psk {
+            identity: id.as_bytes().to_vec(),
+            key: Secret(b"k".to_vec()),
+        };
+        let config = DownloadConfig {
+            coaps: vec![
+                CoapsCredential {
+                    prefix: "coaps://FW.example.com/".into(),
+                    security: psk("any"),
+                },
+                CoapsCredential {
+                    prefix: "coaps://fw.example.com/beta/".into(),
+                    security: psk("beta"),
+                },
+            ],
+            ..DownloadConfig::default()
+        };
+        let identity = |uri: &str| match config.coaps_credentials(uri, "fw.example.com") {
+            Some(Credentials::Psk(p)) => Some(String::from_utf8_lossy(&p.identity).into_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            identity("coaps://fw.example.com/beta/p.pkg").as_deref(),
+            Some("beta")
+        );
+        assert_eq!(
+            identity("COAPS://fw.EXAMPLE.com/p.pkg").as_deref(),
+            Some("any")
+        );
+        assert_eq!(identity("coaps://other.example.com/p.pkg"), None);
+    }
+
+    #[test]
     fn schemes_and_syntax() {
         for ok in [
             "coap://example.net/fw.bin",
@@ -238,11 +303,12 @@ mod tests {
             "http://example.net/pkg",
             "https://example.net:8443/p/q.bin?sig=abc",
             "HTTPS://10.0.0.1/",
+            // Syntax only: whether credentials exist is decided when fetching.
+            "coaps://example.net/fw",
         ] {
             assert_eq!(scheme_supported(ok), Ok(()), "{ok}");
         }
         for (uri, scheme) in [
-            ("coaps://example.net/fw", "coaps"),
             ("coap+tcp://example.net/fw", "coap+tcp"),
             ("ftp://example.net/fw", "ftp"),
         ] {

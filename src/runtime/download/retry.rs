@@ -111,6 +111,7 @@ mod tests {
             retry_max: Duration::from_millis(350),
             coap: CoapConfig::default(),
             block_szx: 6,
+            coaps: Vec::new(),
         }
     }
 

@@ -68,6 +68,32 @@ pub enum Credentials {
     Certificate(CertCredentials),
 }
 
+impl Credentials {
+    /// The credentials configured as `security` (`None` for NoSec). A certificate's expected
+    /// server name defaults to `host`.
+    pub fn from_config(security: &crate::config::ServerSecurity, host: &str) -> Option<Self> {
+        use crate::config::ServerSecurity;
+        match security {
+            ServerSecurity::NoSec => None,
+            ServerSecurity::Psk { identity, key } => Some(Self::Psk(PskCredentials {
+                identity: identity.clone(),
+                key: key.0.clone(),
+            })),
+            ServerSecurity::Certificate {
+                certificate,
+                private_key,
+                server_certificate,
+                server_name,
+            } => Some(Self::Certificate(CertCredentials {
+                certificate: certificate.clone(),
+                private_key: private_key.0.clone(),
+                trust_anchor: server_certificate.clone(),
+                server_name: server_name.clone().unwrap_or_else(|| host.to_string()),
+            })),
+        }
+    }
+}
+
 /// Timing of handshakes.
 #[derive(Debug, Clone)]
 pub struct DtlsSettings {

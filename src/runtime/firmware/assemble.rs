@@ -194,6 +194,7 @@ pub fn assemble(
             ..CoapConfig::default()
         },
         block_szx: coap.block_size.szx(),
+        coaps: update.coaps.clone(),
     };
     Ok(Assembled {
         slots,
@@ -206,7 +207,12 @@ pub fn assemble(
                 defer_retry: update.defer_retry,
                 require_registration: update.require_registration,
             },
-            schemes: SUPPORTED_SCHEMES.to_vec(),
+            // coaps:// only where credentials exist for some download server.
+            schemes: SUPPORTED_SCHEMES
+                .iter()
+                .copied()
+                .chain((!update.coaps.is_empty()).then_some("coaps"))
+                .collect(),
         },
         worker: WorkerSettings {
             pipeline: PipelineSettings {
