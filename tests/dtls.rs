@@ -821,3 +821,55 @@ async fn block2_downloads_over_dtls_with_psk_and_certificates() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_server_that_forgot_the_association_gets_a_new_handshake() {
+    let Some(first) = Libcoap::start("coap-rd-openssl").await else {
+        return;
+    };
+    let port = first.port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("psk.key");
+    std::fs::write(&key_file, KEY).expect("key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    // A short lifetime brings the Update soon; fast CoAP give-up and retry keep the test short.
+    let server = format!(
+        "uri = \"coaps://127.0.0.1:{}\"\nlifetime = 6\nsecurity = \"psk\"\n\
+         psk_identity = \"dtls-e2e\"\npsk_key_file = \"{}\"\n\
+         [coap]\nack_timeout = 0.5\nmax_retransmit = 1\n[registration]\nretry_initial = 1\n",
+        port + 1,
+        key_file.display()
+    );
+    let daemon = Daemon::start(dir, &server);
+    daemon
+        .wait_for(&["registered with server 1"], Duration::from_secs(15))
+        .await;
+    // The server restarts: it has forgotten the association, and says nothing about it.
+    drop(first);
+    let path = tool(&["coap-rd-openssl"], "libcoap3-bin").expect("coap-rd-openssl");
+    let _second = Server::spawn(Command::new(path).args([
+        "-A",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-k",
+        KEY,
+        "-v",
+        "0",
+    ]));
+    wait_for_coap(port).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let log = daemon.log();
+        if log.contains("new DTLS handshake")
+            && log.matches("registered with server 1").count() >= 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new registration:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -85,6 +85,8 @@ pub async fn drive(
     let (dgram_tx, mut dgram_rx) = mpsc::channel::<Received>(256);
     let (persist_tx, persist_task) = spawn_persister(persister);
     let mut links: BTreeMap<Peer, Link> = BTreeMap::new();
+    // Where each peer is and how it is secured, to open its link again after a failure.
+    let mut peers: BTreeMap<Peer, (String, PeerSecurity)> = BTreeMap::new();
     let mut status = String::new();
     let watchdog = supervisor.watchdog_interval();
     let mut next_ping = watchdog.map(|d| Instant::now() + d);
@@ -105,12 +107,30 @@ pub async fn drive(
                     uri,
                     security,
                 } => {
+                    peers.insert(peer, (uri.clone(), security.clone()));
                     open_link(&mut links, peer, uri, security, &tx, &dgram_tx);
                 }
                 Event::Stopped => stopped = true,
                 Event::Registered { ssid } => log::info!("registered with server {ssid}"),
                 Event::Deregistered { ssid } => log::info!("de-registered from server {ssid}"),
-                Event::RegistrationFailed { .. } => {}
+                Event::RegistrationFailed { ssid, .. } => {
+                    // A server that forgot us (restarted, or a NAT lost its binding) never says
+                    // so over DTLS: its answers just stop. So does a server whose address
+                    // changed. A fresh link resolves the name again and, for coaps://,
+                    // handshakes again, before the core's next attempt.
+                    let peer = Peer(ssid);
+                    if let Some((uri, security)) = peers.get(&peer).cloned() {
+                        log::info!(
+                            "server {ssid}: opening the link again (new resolution{})",
+                            if uri.to_ascii_lowercase().starts_with("coaps") {
+                                ", new DTLS handshake"
+                            } else {
+                                ""
+                            }
+                        );
+                        open_link(&mut links, peer, uri, security, &tx, &dgram_tx);
+                    }
+                }
             }
         }
         while let Some(t) = client.poll_transmit() {

@@ -102,8 +102,25 @@ pub struct PeerSocket {
 
 #[derive(Debug, Clone)]
 enum Inner {
-    Udp(Arc<UdpSocket>),
+    /// The socket, and the guard whose drop (with the last clone) ends the reader task.
+    Udp {
+        socket: Arc<UdpSocket>,
+        _reader: Arc<ReaderGuard>,
+    },
     Dtls(DtlsLink),
+}
+
+/// Ends a reader task when dropped: the driver replaces a peer's link after a failed
+/// registration, and the old socket must not live on in its reader.
+#[derive(Debug)]
+struct ReaderGuard(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 fn invalid(why: impl Into<String>) -> std::io::Error {
@@ -208,10 +225,15 @@ impl PeerSocket {
         socket.connect(remote).await?;
         let socket = Arc::new(socket);
         let reader = Arc::clone(&socket);
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
-                match reader.recv(&mut buf).await {
+                let received = tokio::select! {
+                    r = reader.recv(&mut buf) => r,
+                    _ = &mut stop => return, // the link was replaced or dropped
+                };
+                match received {
                     Ok(n) => {
                         let data = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
                         if tx.send(Received { peer, data }).await.is_err() {
@@ -225,7 +247,10 @@ impl PeerSocket {
             }
         });
         Ok(Self {
-            inner: Inner::Udp(socket),
+            inner: Inner::Udp {
+                socket,
+                _reader: Arc::new(ReaderGuard(Some(stop_tx))),
+            },
             remote,
         })
     }
@@ -234,7 +259,7 @@ impl PeerSocket {
     /// it is held back, and beyond the queue's bound the CoAP layer's retransmission resends.
     pub async fn send(&self, data: &[u8]) -> Result<(), std::io::Error> {
         match &self.inner {
-            Inner::Udp(socket) => socket.send(data).await.map(|_| ()),
+            Inner::Udp { socket, .. } => socket.send(data).await.map(|_| ()),
             Inner::Dtls(link) => {
                 if !link.send(data.to_vec()) {
                     log::debug!("dtls: queue towards {} full, datagram dropped", self.remote);
@@ -354,11 +379,17 @@ mod tests {
         assert!(err.to_string().contains("needs a coaps:// URI"), "{err}");
     }
 
-    #[tokio::test]
-    async fn a_socket_reaches_a_local_server_and_hears_back() {
+    /// A NoSec socket to a local UDP "server", after one ping reached it: (server, socket,
+    /// receiver of forwarded datagrams, the socket's address as the server saw it).
+    async fn pinged_socket() -> (
+        UdpSocket,
+        PeerSocket,
+        mpsc::Receiver<Received>,
+        std::net::SocketAddr,
+    ) {
         let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let port = server.local_addr().expect("addr").port();
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(4);
         let nosec = PeerSecurity {
             mode: 3,
             ..PeerSecurity::default()
@@ -370,6 +401,24 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, from) = server.recv_from(&mut buf).await.expect("recv");
         assert_eq!(&buf[..n], b"ping");
+        (server, sock, rx, from)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_socket_stops_its_reader() {
+        let (server, sock, mut rx, from) = pinged_socket().await;
+        drop(sock);
+        // The reader ends and drops its sender: the channel closes, nothing is forwarded.
+        let _ = server.send_to(b"late", from).await;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the reader ended");
+        assert!(got.is_none(), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_reaches_a_local_server_and_hears_back() {
+        let (server, _sock, mut rx, from) = pinged_socket().await;
         server.send_to(b"pong", from).await.expect("reply");
         let got = rx.recv().await.expect("forwarded");
         assert_eq!((got.peer, got.data.as_slice()), (Peer(1), &b"pong"[..]));
