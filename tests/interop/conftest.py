@@ -110,7 +110,8 @@ async def lwm2md(request, server, tmp_path):
     except BaseException:
         await daemon.kill()
         raise
-    return daemon
+    yield daemon
+    await _stop_daemon(daemon, server)
 
 
 @pytest.fixture
