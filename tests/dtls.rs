@@ -245,6 +245,22 @@ impl Relay {
     }
 }
 
+/// A PSK link to libcoap (OpenSSL) through a [`Relay`], once its first association is up.
+async fn link_through_relay() -> Option<(Libcoap, Relay, DtlsLink, mpsc::Receiver<LinkEvent>)> {
+    let server = Libcoap::start("coap-server-openssl").await?;
+    let relay = Relay::start(server.dtls()).await;
+    let (events_tx, mut events) = mpsc::channel(64);
+    let link = DtlsLink::spawn(
+        "127.0.0.1".into(),
+        relay.addr.port(),
+        psk(KEY),
+        settings(),
+        events_tx,
+    );
+    assert!(matches!(next(&mut events).await, LinkEvent::Up(_)));
+    Some((server, relay, link, events))
+}
+
 async fn next(events: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
     tokio::time::timeout(Duration::from_secs(10), events.recv())
         .await
@@ -286,19 +302,9 @@ async fn forged_records_are_dropped_without_ending_the_session() {
 
 #[tokio::test]
 async fn the_link_re_handshakes_after_a_record_that_kills_the_association() {
-    let Some(server) = Libcoap::start("coap-server-openssl").await else {
+    let Some((_server, relay, link, mut events)) = link_through_relay().await else {
         return;
     };
-    let relay = Relay::start(server.dtls()).await;
-    let (events_tx, mut events) = mpsc::channel(64);
-    let link = DtlsLink::spawn(
-        "127.0.0.1".into(),
-        relay.addr.port(),
-        psk(KEY),
-        settings(),
-        events_tx,
-    );
-    assert!(matches!(next(&mut events).await, LinkEvent::Up(_)));
     // Well-formed, right epoch, long enough: only decrypting shows it is forged, and the crate
     // ends a PSK association on that.
     relay.inject(&record(23, 1, 200, &[0x5A; 64])).await;
@@ -693,19 +699,9 @@ async fn bench_handshake_cost() {
         }
     }
     // A re-handshake: the link after a forged record ended the association, PSK, OpenSSL.
-    let Some(server) = Libcoap::start("coap-server-openssl").await else {
+    let Some((_server, relay, _link, mut events)) = link_through_relay().await else {
         return;
     };
-    let relay = Relay::start(server.dtls()).await;
-    let (events_tx, mut events) = mpsc::channel(64);
-    let _link = DtlsLink::spawn(
-        "127.0.0.1".into(),
-        relay.addr.port(),
-        psk(KEY),
-        settings(),
-        events_tx,
-    );
-    assert!(matches!(next(&mut events).await, LinkEvent::Up(_)));
     relay.reset();
     let t0 = Instant::now();
     relay.inject(&record(23, 1, 200, &[0x5A; 64])).await;

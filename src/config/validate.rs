@@ -549,7 +549,7 @@ impl Validator<'_> {
             server.server_name.is_some(),
         ];
         let mode = match (server.security.as_deref(), uri.is_secure()) {
-            (None, false) | (Some("nosec"), false) => "nosec",
+            (None | Some("nosec"), false) => Mode::NoSec,
             (None, true) => {
                 return Err(self.error(
                     &key("uri"),
@@ -564,18 +564,12 @@ impl Validator<'_> {
                      unencrypted server",
                 ));
             }
-            (Some("psk"), true) => "psk",
-            (Some("psk"), false) => {
+            (Some("psk"), true) => Mode::Psk,
+            (Some("certificate"), true) => Mode::Certificate,
+            (Some(m @ ("psk" | "certificate")), false) => {
                 return Err(self.error(
                     &key("security"),
-                    "\"psk\" needs a coaps:// URI (DTLS); the URI is coap://",
-                ));
-            }
-            (Some("certificate"), true) => "certificate",
-            (Some("certificate"), false) => {
-                return Err(self.error(
-                    &key("security"),
-                    "\"certificate\" needs a coaps:// URI (DTLS); the URI is coap://",
+                    format!("\"{m}\" needs a coaps:// URI (DTLS); the URI is coap://"),
                 ));
             }
             (Some("rpk"), _) => {
@@ -593,13 +587,13 @@ impl Validator<'_> {
                 ));
             }
         };
-        if mode != "psk" && (psk_identity.is_some() || psk_key_file.is_some()) {
+        if mode != Mode::Psk && (psk_identity.is_some() || psk_key_file.is_some()) {
             return Err(self.error(
                 &key("security"),
                 "psk_identity and psk_key_file need security = \"psk\"",
             ));
         }
-        if mode != "certificate" && cert_keys.contains(&true) {
+        if mode != Mode::Certificate && cert_keys.contains(&true) {
             return Err(self.error(
                 &key("security"),
                 "certificate_file, private_key_file, server_certificate_file and server_name \
@@ -607,10 +601,20 @@ impl Validator<'_> {
             ));
         }
         match mode {
-            "nosec" => return Ok(ServerSecurity::NoSec),
-            "certificate" => return self.certificate_security(prefix, server),
-            _ => {}
+            Mode::NoSec => Ok(ServerSecurity::NoSec),
+            Mode::Psk => self.psk_security(prefix, psk_identity, psk_key_file),
+            Mode::Certificate => self.certificate_security(prefix, server),
         }
+    }
+
+    /// `security = "psk"`: the identity and the key from its private file.
+    fn psk_security(
+        &self,
+        prefix: &str,
+        psk_identity: Option<String>,
+        psk_key_file: Option<PathBuf>,
+    ) -> Result<ServerSecurity> {
+        let key = |name: &str| format!("{prefix}.{name}");
         let identity = psk_identity.filter(|i| !i.is_empty()).ok_or_else(|| {
             self.error(&key("psk_identity"), "missing: security \"psk\" needs it")
         })?;
@@ -932,4 +936,12 @@ fn read_secret_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, Stri
         key.pop();
     }
     Ok(key)
+}
+
+/// The `security` of a `[[server]]` or `[[update.coaps]]` table, once it fits the URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    NoSec,
+    Psk,
+    Certificate,
 }

@@ -1487,6 +1487,19 @@ mod tests {
         }
     }
 
+    /// Pulls, executes the update and runs until the reboot is requested (not yet done).
+    fn pull_until_reboot(h: &mut Harness) {
+        assert_eq!(
+            h.fota.write_uri(0, "coap://x/fw", UriCheck::Ok),
+            Ok(Reply::Hold)
+        );
+        h.run();
+        assert_eq!(h.fota.update(0), Ok(Reply::Hold));
+        while !h.reboot_requested {
+            assert!(h.step());
+        }
+    }
+
     fn pull_and_update(h: &mut Harness) {
         assert_eq!(
             h.fota.write_uri(0, "http://x/fw.pkg", UriCheck::Ok),
@@ -1545,17 +1558,9 @@ mod tests {
     #[test]
     fn a_failed_trial_boot_reports_result_8_and_runs_the_old_slot() {
         let mut h = Harness::new();
-        assert_eq!(
-            h.fota.write_uri(0, "coap://x/fw", UriCheck::Ok),
-            Ok(Reply::Hold)
-        );
-        h.run();
-        assert_eq!(h.fota.update(0), Ok(Reply::Hold));
-        // Run until the reboot is requested, then the new image "hangs": the boot loader runs the
-        // trial once, the machine resets without a commit, and the next boot falls back.
-        while !h.reboot_requested {
-            assert!(h.step());
-        }
+        pull_until_reboot(&mut h);
+        // The new image "hangs": the boot loader runs the trial once, the machine resets
+        // without a commit, and the next boot falls back.
         h.reboot_requested = false;
         h.booted = h.model.boot();
         assert_eq!(h.booted, Slot::B, "the trial boot");
@@ -1594,15 +1599,7 @@ mod tests {
     fn a_crash_looping_trial_is_reverted() {
         let mut h = Harness::new();
         h.registered = false; // the trial never passes the gate before it crashes
-        assert_eq!(
-            h.fota.write_uri(0, "coap://x/fw", UriCheck::Ok),
-            Ok(Reply::Hold)
-        );
-        h.run();
-        assert_eq!(h.fota.update(0), Ok(Reply::Hold));
-        while !h.reboot_requested {
-            assert!(h.step());
-        }
+        pull_until_reboot(&mut h);
         h.restart(true);
         assert_eq!(h.booted, Slot::B, "the trial boot");
         let drain = |h: &mut Harness| {
