@@ -181,6 +181,8 @@ fn config(seed: u64) -> ClientConfig {
         retry_max: Duration::from_secs(600),
         sample_interval: Duration::from_secs(1),
         server_prefs: BTreeMap::from([(1, ServerPrefs::default())]),
+        bootstrap_fallback_after: 0,
+        bootstrap_timeout: Duration::from_secs(247),
         seed,
     }
 }

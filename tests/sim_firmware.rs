@@ -116,6 +116,8 @@ impl World {
             retry_max: Duration::from_secs(60),
             sample_interval: Duration::from_secs(10),
             server_prefs: BTreeMap::from([(1, ServerPrefs::default())]),
+            bootstrap_fallback_after: 0,
+            bootstrap_timeout: Duration::from_secs(247),
             seed: 5,
         };
         let client = Client::new(cc, reg, Box::new(Wall(origin)), None, origin);

@@ -18,6 +18,7 @@ pub(super) struct Fragment {
     pub(super) registration: Option<RegistrationFragment>,
     pub(super) observe: Option<ObserveFragment>,
     pub(super) server: Option<Vec<ServerFragment>>,
+    pub(super) bootstrap: Option<BootstrapFragment>,
     pub(super) device: Option<DeviceFragment>,
     pub(super) connectivity: Option<ConnectivityFragment>,
     pub(super) update: Option<UpdateFragment>,
@@ -73,6 +74,23 @@ pub(super) struct ServerFragment {
     pub(super) notification_mode: Option<String>,
     pub(super) lwm2m_version: Option<String>,
     pub(super) content_format: Option<String>,
+    pub(super) security: Option<String>,
+    pub(super) psk_identity: Option<String>,
+    pub(super) psk_key_file: Option<PathBuf>,
+    pub(super) certificate_file: Option<PathBuf>,
+    pub(super) private_key_file: Option<PathBuf>,
+    pub(super) server_certificate_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+}
+
+/// `[bootstrap]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BootstrapFragment {
+    pub(super) uri: Option<String>,
+    pub(super) hold_off: Option<i64>,
+    pub(super) fallback_after: Option<i64>,
+    pub(super) timeout: Option<i64>,
     pub(super) security: Option<String>,
     pub(super) psk_identity: Option<String>,
     pub(super) psk_key_file: Option<PathBuf>,

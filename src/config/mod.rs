@@ -31,9 +31,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use settings::{
-    AgentSettings, Binding, BlockSize, CoapSettings, CoapsCredential, ConnectivitySettings,
-    ContentFormat, DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion,
-    NotificationMode, ObserveSettings, RegistrationSettings, Secret, ServerSecurity,
+    AgentSettings, Binding, BlockSize, BootstrapSettings, CoapSettings, CoapsCredential,
+    ConnectivitySettings, ContentFormat, DeviceSettings, ExecCommand, InterfacePattern, LogLevel,
+    Lwm2mVersion, NotificationMode, ObserveSettings, RegistrationSettings, Secret, ServerSecurity,
     ServerSettings, Settings, ShortServerId, UpdateBackend, UpdateSettings,
 };
 pub use uri::{ServerHost, ServerUri};

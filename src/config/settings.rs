@@ -19,8 +19,10 @@ pub struct Settings {
     pub registration: RegistrationSettings,
     /// `[observe]`.
     pub observe: ObserveSettings,
-    /// `[[server]]`, in file order; at least one, short server ids unique.
+    /// `[[server]]`, in file order; short server ids unique. Empty only with `bootstrap`.
     pub servers: Vec<ServerSettings>,
+    /// `[bootstrap]`: the factory Bootstrap-Server account, if any.
+    pub bootstrap: Option<BootstrapSettings>,
     /// `[device]`.
     pub device: DeviceSettings,
     /// `[connectivity]`.
@@ -99,6 +101,21 @@ pub struct ServerSettings {
     pub content_format: ContentFormat,
     /// How the client authenticates to the server (/0/x/2, /0/x/3, /0/x/5).
     pub security: ServerSecurity,
+}
+
+/// `[bootstrap]`: where and how to bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapSettings {
+    /// The Bootstrap-Server (/0/x/0 of the Bootstrap-Server account).
+    pub uri: ServerUri,
+    /// How the client authenticates to it.
+    pub security: ServerSecurity,
+    /// Client Hold Off Time (/0/x/11): wait this long before a client-initiated bootstrap.
+    pub hold_off: Duration,
+    /// Bootstrap after this many failed registration attempts with every server (0: never).
+    pub fallback_after: u32,
+    /// A bootstrap fails when no Bootstrap-Finish arrives this long after the last request.
+    pub timeout: Duration,
 }
 
 /// `security`, with its credentials.

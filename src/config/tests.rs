@@ -1152,3 +1152,60 @@ fn coaps_download_credentials_per_prefix() {
         assert_contains(&err, &[key_name, reason]);
     }
 }
+
+#[test]
+fn a_bootstrap_server_alone_is_a_complete_configuration() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = Root::new();
+    let env = Environment::rooted_at(root.dir.path(), Some("gw"));
+    let settings =
+        Settings::from_toml("[bootstrap]\nuri = \"coap://bs.example\"\n", &env).expect("valid");
+    assert!(settings.servers.is_empty());
+    let bs = settings.bootstrap.expect("bootstrap");
+    assert_eq!(bs.uri.port(), 5683);
+    assert_eq!(bs.security, ServerSecurity::NoSec);
+    assert_eq!(bs.hold_off, Duration::ZERO);
+    assert_eq!(bs.fallback_after, 3);
+    assert_eq!(bs.timeout, Duration::from_secs(247));
+
+    // PSK for the Bootstrap-Server follows the [[server]] rules, key file privacy included.
+    let key = root.write("bs.psk", "bs-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = format!(
+        "[bootstrap]\nuri = \"coaps://bs.example\"\nsecurity = \"psk\"\npsk_identity = \"gw\"\n\
+         psk_key_file = \"{}\"\nhold_off = 10\nfallback_after = 0\n",
+        key.display()
+    );
+    let err = Settings::from_toml(&text, &env).expect_err("world-readable key");
+    assert_contains(&err.to_string(), &["bootstrap.psk_key_file", "chmod 600"]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let bs = Settings::from_toml(&text, &env)
+        .expect("valid")
+        .bootstrap
+        .expect("bootstrap");
+    assert_eq!(bs.hold_off, Duration::from_secs(10));
+    assert_eq!(bs.fallback_after, 0);
+    assert!(matches!(bs.security, ServerSecurity::Psk { .. }));
+
+    for (text, parts) in [
+        (
+            "[bootstrap]\nhold_off = 1\n",
+            &["bootstrap.uri", "missing"][..],
+        ),
+        (
+            "[bootstrap]\nuri = \"coap://b\"\ntimeout = 0\n",
+            &["bootstrap.timeout", "between 1 and"][..],
+        ),
+        (
+            "[bootstrap]\nuri = \"coaps://b\"\n",
+            &["bootstrap.uri", "credentials"][..],
+        ),
+        (
+            "[bootstrap]\nuri = \"coap://b\"\nport = 1\n",
+            &["unknown field", "port"][..],
+        ),
+    ] {
+        let err = Settings::from_toml(text, &env).expect_err(text).to_string();
+        assert_contains(&err, parts);
+    }
+}

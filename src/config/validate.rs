@@ -10,9 +10,9 @@ use std::time::Duration;
 use super::fragments::{CoapsFragment, Fragment, ServerFragment};
 use super::layers::{Layers, Origins};
 use super::settings::{
-    AgentSettings, Binding, BlockSize, CoapSettings, CoapsCredential, ConnectivitySettings,
-    ContentFormat, DeviceSettings, ExecCommand, InterfacePattern, LogLevel, Lwm2mVersion,
-    NotificationMode, ObserveSettings, RegistrationSettings, Secret, ServerSecurity,
+    AgentSettings, Binding, BlockSize, BootstrapSettings, CoapSettings, CoapsCredential,
+    ConnectivitySettings, ContentFormat, DeviceSettings, ExecCommand, InterfacePattern, LogLevel,
+    Lwm2mVersion, NotificationMode, ObserveSettings, RegistrationSettings, Secret, ServerSecurity,
     ServerSettings, Settings, ShortServerId, UpdateBackend, UpdateSettings,
 };
 use super::uri::ServerUri;
@@ -48,7 +48,8 @@ pub(super) fn build(
         coap: v.coap(fragment.coap.unwrap_or_default())?,
         registration: v.registration(fragment.registration.unwrap_or_default())?,
         observe: v.observe(fragment.observe.unwrap_or_default())?,
-        servers: v.servers(fragment.server)?,
+        servers: v.servers(fragment.server, fragment.bootstrap.is_some())?,
+        bootstrap: fragment.bootstrap.map(|b| v.bootstrap(b)).transpose()?,
         device: v.device(fragment.device.unwrap_or_default())?,
         connectivity: v.connectivity(fragment.connectivity.unwrap_or_default())?,
         update: fragment.update.map(|u| v.update(u)).transpose()?.flatten(),
@@ -294,12 +295,17 @@ impl Validator<'_> {
         })
     }
 
-    fn servers(&self, servers: Option<Vec<ServerFragment>>) -> Result<Vec<ServerSettings>> {
+    fn servers(
+        &self,
+        servers: Option<Vec<ServerFragment>>,
+        bootstrap: bool,
+    ) -> Result<Vec<ServerSettings>> {
         let servers = servers.unwrap_or_default();
-        if servers.is_empty() {
+        if servers.is_empty() && !bootstrap {
             return Err(self.error(
                 "server",
-                "no LwM2M server configured: add a [[server]] table or pass --server-uri",
+                "no LwM2M server configured: add a [[server]] table, a [bootstrap] table or \
+                 pass --server-uri",
             ));
         }
         let mut seen: HashMap<ShortServerId, usize> = HashMap::new();
@@ -318,6 +324,42 @@ impl Validator<'_> {
             out.push(settings);
         }
         Ok(out)
+    }
+
+    /// `[bootstrap]`: the factory Bootstrap-Server account.
+    fn bootstrap(&self, b: super::fragments::BootstrapFragment) -> Result<BootstrapSettings> {
+        let uri = b.uri.ok_or_else(|| {
+            self.error(
+                "bootstrap.uri",
+                "missing: [bootstrap] needs the Bootstrap-Server's uri",
+            )
+        })?;
+        let uri = ServerUri::parse(&uri).map_err(|reason| self.error("bootstrap.uri", reason))?;
+        let mut fragment = ServerFragment {
+            security: b.security,
+            psk_identity: b.psk_identity,
+            psk_key_file: b.psk_key_file,
+            certificate_file: b.certificate_file,
+            private_key_file: b.private_key_file,
+            server_certificate_file: b.server_certificate_file,
+            server_name: b.server_name,
+            ..ServerFragment::default()
+        };
+        let security = self.server_security("bootstrap", &uri, &mut fragment)?;
+        Ok(BootstrapSettings {
+            uri,
+            security,
+            hold_off: self.seconds("bootstrap.hold_off", b.hold_off, 0, 0)?,
+            fallback_after: u32::try_from(self.int(
+                "bootstrap.fallback_after",
+                b.fallback_after,
+                3,
+                0,
+                1000,
+            )?)
+            .unwrap_or(3),
+            timeout: self.seconds("bootstrap.timeout", b.timeout, 247, 1)?,
+        })
     }
 
     fn server(&self, prefix: &str, mut server: ServerFragment) -> Result<ServerSettings> {

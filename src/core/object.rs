@@ -35,6 +35,8 @@ pub enum CoreAction {
     },
     /// The object set or an object's instances changed: the registration's object list is stale.
     ObjectListChanged,
+    /// Start a client-initiated bootstrap with the Bootstrap-Server account (Execute /1/x/9).
+    RequestBootstrap,
 }
 
 /// Something that happened in the core which objects may act on.
@@ -122,6 +124,9 @@ pub struct BlockWrite<'a> {
     /// The whole body size when the server announced it (Size1).
     pub total: Option<u64>,
 }
+
+/// A complete set of instances as the Bootstrap-Server left it: instance id → resource id → value.
+pub type Instances = BTreeMap<u16, BTreeMap<u16, ResourceValue>>;
 
 /// A LwM2M object. Called only with paths, operations and typed values that the core already
 /// checked against `meta()`.
@@ -227,6 +232,18 @@ pub trait Object: Send {
 
     /// A timer of this object is due.
     fn handle_timeout(&mut self, _ctx: &mut Ctx<'_>) {}
+
+    /// Bootstrap-Finish for the account objects (0, 1, 2): check that `instances` (typed by the
+    /// model, but not yet checked for meaning) make a usable configuration and, when `commit`,
+    /// replace every instance with them. A check that fails changes nothing; its text says why.
+    fn bootstrap_install(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _instances: &Instances,
+        _commit: bool,
+    ) -> Result<(), String> {
+        Err("this object cannot be configured by a Bootstrap-Server".into())
+    }
 
     /// State to persist across restarts (versioned by the object itself).
     fn save_state(&self) -> Option<serde_json::Value> {

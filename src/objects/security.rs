@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::core::lwm2m::error::Error;
 use crate::core::lwm2m::value::{ResourceValue, Value};
-use crate::core::object::{Ctx, Object};
+use crate::core::object::{Ctx, Instances, Object};
 use crate::model::ObjectMeta;
 
 /// Security Mode (/0/x/2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecurityMode {
     /// 0: pre-shared key.
     Psk,
@@ -49,7 +51,7 @@ impl SecurityMode {
 }
 
 /// One Security instance. `Debug` never prints key material.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityAccount {
     /// /0/x/0 LwM2M Server URI.
     pub uri: String,
@@ -68,6 +70,10 @@ pub struct SecurityAccount {
     /// /0/x/14 SNI: the name the server's certificate must carry (and the TLS SNI), when it
     /// is not the URI's host (e.g. the URI holds an IP address).
     pub sni: Option<String>,
+    /// /0/x/11 Client Hold Off Time, seconds: how long to wait before a client-initiated
+    /// bootstrap (Bootstrap-Server account only).
+    #[serde(default)]
+    pub hold_off: Option<u32>,
 }
 
 impl fmt::Debug for SecurityAccount {
@@ -97,14 +103,127 @@ impl SecurityAccount {
             secret_key: Vec::new(),
             ssid: Some(ssid),
             sni: None,
+            hold_off: None,
         }
     }
+
+    /// Builds an account from what a Bootstrap-Server wrote to `/0/{iid}`, refusing what this
+    /// client could not use (the reason names the resource).
+    fn from_bootstrap(iid: u16, res: &BTreeMap<u16, ResourceValue>) -> Result<Self, String> {
+        let get = |rid: u16| match res.get(&rid) {
+            Some(ResourceValue::Single(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let missing = |rid: u16, what: &str| format!("/0/{iid}/{rid} ({what}) is missing");
+        let opaque = |rid: u16| match get(rid) {
+            Some(Value::Opaque(b)) => b,
+            _ => Vec::new(),
+        };
+        let Some(Value::String(uri)) = get(0) else {
+            return Err(missing(0, "LwM2M Server URI"));
+        };
+        let Some(Value::Boolean(bootstrap)) = get(1) else {
+            return Err(missing(1, "Bootstrap-Server"));
+        };
+        let mode = match get(2) {
+            Some(Value::Integer(m)) => SecurityMode::from_code(m)
+                .ok_or_else(|| format!("/0/{iid}/2: unknown security mode {m}"))?,
+            _ => return Err(missing(2, "Security Mode")),
+        };
+        let ssid = match get(10) {
+            Some(Value::Integer(id)) => Some(
+                u16::try_from(id)
+                    .ok()
+                    .filter(|id| (1..=65534).contains(id))
+                    .ok_or_else(|| format!("/0/{iid}/10: Short Server ID {id} is out of range"))?,
+            ),
+            _ if bootstrap => None,
+            _ => return Err(missing(10, "Short Server ID")),
+        };
+        let account = Self {
+            uri,
+            bootstrap,
+            mode,
+            identity: opaque(3),
+            server_public_key: opaque(4),
+            secret_key: opaque(5),
+            ssid,
+            sni: match get(14) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            },
+            hold_off: match get(11) {
+                Some(Value::Integer(s)) => Some(
+                    u32::try_from(s)
+                        .map_err(|_| format!("/0/{iid}/11: hold-off time {s} is out of range"))?,
+                ),
+                _ => None,
+            },
+        };
+        account.check_usable(iid)?;
+        Ok(account)
+    }
+
+    /// The URI's scheme and the mode must go together, with the credentials the mode needs.
+    fn check_usable(&self, iid: u16) -> Result<(), String> {
+        let scheme = self
+            .uri
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .ok_or_else(|| format!("/0/{iid}/0: {:?} is not a URI", self.uri))?;
+        match (scheme.as_str(), self.mode) {
+            ("coap", SecurityMode::NoSec) => Ok(()),
+            ("coap", _) => Err(format!(
+                "/0/{iid}: a coap:// URI needs security mode 3 (NoSec)"
+            )),
+            ("coaps", SecurityMode::NoSec) => Err(format!(
+                "/0/{iid}: a coaps:// URI needs credentials, not NoSec"
+            )),
+            ("coaps", SecurityMode::Psk) => {
+                if self.identity.is_empty() || self.secret_key.is_empty() {
+                    Err(format!(
+                        "/0/{iid}: PSK mode needs an identity (3) and a key (5)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            ("coaps", SecurityMode::Certificate) => {
+                if self.identity.is_empty()
+                    || self.secret_key.is_empty()
+                    || self.server_public_key.is_empty()
+                {
+                    Err(format!(
+                        "/0/{iid}: certificate mode needs a certificate (3), a trust anchor (4) and a private key (5)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            ("coaps", mode) => Err(format!(
+                "/0/{iid}: security mode {} is not supported (the DTLS library has no raw public keys, and EST is not implemented)",
+                mode.code()
+            )),
+            (other, _) => Err(format!(
+                "/0/{iid}: URI scheme {other}:// is not supported (only coap:// and coaps://)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    format: u32,
+    accounts: BTreeMap<u16, SecurityAccount>,
 }
 
 /// The Security object.
 #[derive(Debug, Default)]
 pub struct Security {
     accounts: BTreeMap<u16, SecurityAccount>,
+    /// The accounts came from a Bootstrap-Server (they are saved, and win over the factory
+    /// configuration at the next start).
+    bootstrapped: bool,
 }
 
 impl Security {
@@ -116,6 +235,7 @@ impl Security {
                 .enumerate()
                 .map(|(i, a)| (i as u16, a))
                 .collect(),
+            bootstrapped: false,
         }
     }
 
@@ -142,6 +262,9 @@ impl Object for Security {
         if a.ssid.is_some() {
             ids.push(10);
         }
+        if a.hold_off.is_some() {
+            ids.push(11);
+        }
         if a.sni.is_some() {
             ids.push(14);
         }
@@ -163,6 +286,7 @@ impl Object for Security {
             4 => Value::Opaque(a.server_public_key.clone()),
             5 => Value::Opaque(a.secret_key.clone()),
             10 => Value::Integer(i64::from(a.ssid.ok_or(Error::NotFound)?)),
+            11 => Value::Integer(i64::from(a.hold_off.ok_or(Error::NotFound)?)),
             14 => Value::String(a.sni.clone().ok_or(Error::NotFound)?),
             _ => return Err(Error::NotFound),
         };
@@ -200,6 +324,56 @@ impl Object for Security {
             _ => return Err(Error::not_allowed("resource is not supported")),
         }
         ctx.persist();
+        Ok(())
+    }
+
+    fn bootstrap_install(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        instances: &Instances,
+        commit: bool,
+    ) -> Result<(), String> {
+        let mut accounts = BTreeMap::new();
+        for (iid, res) in instances {
+            accounts.insert(*iid, SecurityAccount::from_bootstrap(*iid, res)?);
+        }
+        if accounts.values().filter(|a| a.bootstrap).count() > 1 {
+            return Err("more than one Bootstrap-Server account".into());
+        }
+        let mut ssids: Vec<u16> = accounts.values().filter_map(|a| a.ssid).collect();
+        ssids.sort_unstable();
+        if let Some(w) = ssids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("Short Server ID {} is used twice", w[0]));
+        }
+        if commit {
+            self.accounts = accounts;
+            self.bootstrapped = true;
+            ctx.persist();
+        }
+        Ok(())
+    }
+
+    /// Only bootstrapped accounts are saved: factory ones come from the configuration, and the
+    /// state file is private to the daemon (mode 0600), as the keys in it require.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        if !self.bootstrapped {
+            return None;
+        }
+        serde_json::to_value(Saved {
+            format: 1,
+            accounts: self.accounts.clone(),
+        })
+        .ok()
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), String> {
+        let saved: Saved = super::saved_state(state, "security", 1)?;
+        log::info!(
+            "using the {} account(s) from the last bootstrap instead of the configured ones",
+            saved.accounts.len()
+        );
+        self.accounts = saved.accounts;
+        self.bootstrapped = true;
         Ok(())
     }
 }

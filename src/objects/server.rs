@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::lwm2m::error::Error;
 use crate::core::lwm2m::value::{ExecArg, ResourceValue, Value};
-use crate::core::object::{CoreAction, Ctx, Object};
+use crate::core::object::{CoreAction, Ctx, Instances, Object};
 use crate::model::ObjectMeta;
 
 /// One Server instance's settings.
@@ -47,12 +47,16 @@ struct Entry {
 struct Saved {
     format: u32,
     instances: BTreeMap<u16, Entry>,
+    /// The instances came from a Bootstrap-Server: restore them all, whatever is configured.
+    #[serde(default)]
+    bootstrapped: bool,
 }
 
 /// The Server object.
 #[derive(Debug, Default)]
 pub struct Server {
     entries: BTreeMap<u16, Entry>,
+    bootstrapped: bool,
 }
 
 impl Server {
@@ -71,7 +75,10 @@ impl Server {
                 )
             })
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            bootstrapped: false,
+        }
     }
 
     /// The settings in force, by instance id.
@@ -100,6 +107,51 @@ fn non_negative(v: i64, what: &str) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::bad(format!("{what} must be between 0 and {}", u32::MAX)))
 }
 
+/// Builds an account from what a Bootstrap-Server wrote to `/1/{iid}`; optional resources it
+/// left out take their defaults (Core E.2), resources this client does not implement are ignored.
+fn account_of(iid: u16, res: &BTreeMap<u16, ResourceValue>) -> Result<ServerAccount, String> {
+    let get = |rid: u16| match res.get(&rid) {
+        Some(ResourceValue::Single(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let int = |rid: u16, what: &str| -> Result<Option<u32>, String> {
+        match get(rid) {
+            None => Ok(None),
+            Some(Value::Integer(v)) => non_negative(v, what)
+                .map(Some)
+                .map_err(|e| format!("/1/{iid}/{rid}: {e}")),
+            Some(other) => Err(format!(
+                "/1/{iid}/{rid}: {what} has the wrong type ({other})"
+            )),
+        }
+    };
+    let missing = |rid: u16, what: &str| format!("/1/{iid}/{rid} ({what}) is missing");
+    let ssid = int(0, "short server id")?
+        .and_then(|v| u16::try_from(v).ok())
+        .filter(|v| (1..=65534).contains(v))
+        .ok_or_else(|| missing(0, "a Short Server ID from 1 to 65534"))?;
+    let lifetime = int(1, "lifetime")?
+        .filter(|&lt| lt > 0)
+        .ok_or_else(|| missing(1, "a lifetime of at least 1 s"))?;
+    let binding = match get(7) {
+        Some(Value::String(b)) => {
+            check_binding(&b).map_err(|e| format!("/1/{iid}/7: {e}"))?;
+            b
+        }
+        _ => return Err(missing(7, "Binding")),
+    };
+    Ok(ServerAccount {
+        ssid,
+        lifetime,
+        default_pmin: int(2, "default pmin")?.unwrap_or(0),
+        default_pmax: int(3, "default pmax")?,
+        disable_timeout: int(5, "disable timeout")?.unwrap_or(86400),
+        notification_storing: !matches!(get(6), Some(Value::Boolean(false))),
+        binding,
+        confirmable_notifications: matches!(get(26), Some(Value::Integer(1))),
+    })
+}
+
 impl Object for Server {
     fn meta(&self) -> &'static ObjectMeta {
         crate::model::object(1).expect("object 1 is in the shipped model")
@@ -111,8 +163,8 @@ impl Object for Server {
 
     fn resources(&self, instance: u16) -> Vec<u16> {
         match self.entries.get(&instance) {
-            Some(e) if e.current.default_pmax.is_some() => vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 26],
-            Some(_) => vec![0, 1, 2, 4, 5, 6, 7, 8, 26],
+            Some(e) if e.current.default_pmax.is_some() => vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 26],
+            Some(_) => vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 26],
             None => Vec::new(),
         }
     }
@@ -233,7 +285,41 @@ impl Object for Server {
                 }
                 ctx.action(CoreAction::TriggerUpdate { ssid });
             }
+            9 => {
+                if !args.is_empty() {
+                    return Err(Error::bad("Bootstrap-Request Trigger takes no arguments"));
+                }
+                ctx.action(CoreAction::RequestBootstrap);
+            }
             _ => return Err(Error::not_allowed("resource is not executable")),
+        }
+        Ok(())
+    }
+
+    fn bootstrap_install(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        instances: &Instances,
+        commit: bool,
+    ) -> Result<(), String> {
+        let mut entries = BTreeMap::new();
+        for (iid, res) in instances {
+            let a = account_of(*iid, res)?;
+            if entries.values().any(|e: &Entry| e.current.ssid == a.ssid) {
+                return Err(format!("two /1 instances for Short Server ID {}", a.ssid));
+            }
+            entries.insert(
+                *iid,
+                Entry {
+                    configured: a.clone(),
+                    current: a,
+                },
+            );
+        }
+        if commit {
+            self.entries = entries;
+            self.bootstrapped = true;
+            ctx.persist();
         }
         Ok(())
     }
@@ -242,18 +328,17 @@ impl Object for Server {
         let saved = Saved {
             format: 1,
             instances: self.entries.clone(),
+            bootstrapped: self.bootstrapped,
         };
         serde_json::to_value(saved).ok()
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<(), String> {
-        let saved: Saved =
-            serde_json::from_value(state).map_err(|e| format!("server state: {e}"))?;
-        if saved.format != 1 {
-            return Err(format!(
-                "server state format {} is not supported",
-                saved.format
-            ));
+        let saved: Saved = super::saved_state(state, "server", 1)?;
+        if saved.bootstrapped {
+            self.entries = saved.instances;
+            self.bootstrapped = true;
+            return Ok(());
         }
         for (iid, old) in saved.instances {
             let Some(entry) = self.entries.get_mut(&iid) else {

@@ -110,6 +110,10 @@ pub async fn drive(
                     peers.insert(peer, (uri.clone(), security.clone()));
                     open_link(&mut links, peer, uri, security, &tx, &dgram_tx);
                 }
+                Event::Disconnect { peer } => {
+                    peers.remove(&peer);
+                    links.remove(&peer);
+                }
                 Event::Stopped => stopped = true,
                 Event::Registered { ssid } => log::info!("registered with server {ssid}"),
                 Event::Deregistered { ssid } => log::info!("de-registered from server {ssid}"),
@@ -120,6 +124,7 @@ pub async fn drive(
                     // handshakes again, before the core's next attempt.
                     let peer = Peer(ssid);
                     if let Some((uri, security)) = peers.get(&peer).cloned() {
+                        // (The bootstrap's own retries reconnect through Event::Connect.)
                         log::info!(
                             "server {ssid}: opening the link again (new resolution{})",
                             if uri.to_ascii_lowercase().starts_with("coaps") {
@@ -198,19 +203,19 @@ pub async fn drive(
             Some((id, outcome)) = recv_opt(&mut fw_outcomes) => client.handle_effect_done(Instant::now(), id, outcome),
             Some(input) = rx.recv() => match input {
                 Input::Opened(peer, Ok(socket)) => {
-                    log::info!("server {}: using {}", peer.0, socket.remote());
+                    log::info!("{peer}: using {}", socket.remote());
                     let queued = match links.insert(peer, Link::Open(socket.clone())) {
                         Some(Link::Opening(q)) => q,
                         _ => VecDeque::new(),
                     };
                     for data in queued {
                         if let Err(e) = socket.send(&data).await {
-                            log::warn!("server {}: send failed: {e}", peer.0);
+                            log::warn!("{peer}: send failed: {e}");
                         }
                     }
                 }
                 Input::Opened(peer, Err(e)) => {
-                    log::warn!("server {}: cannot reach the server: {e}", peer.0);
+                    log::warn!("{peer}: cannot reach it: {e}");
                     links.remove(&peer);
                     client.handle_unreachable(Instant::now(), peer);
                 }
@@ -279,7 +284,7 @@ async fn send(links: &mut BTreeMap<Peer, Link>, t: Transmit, client: &mut Client
         Some(Link::Open(socket)) => {
             if let Err(e) = socket.send(&t.data).await {
                 // Retransmission covers transient errors (e.g. no route while the link comes up).
-                log::debug!("server {}: send failed: {e}", t.peer.0);
+                log::debug!("{}: send failed: {e}", t.peer);
             }
         }
         Some(Link::Opening(queue)) => {
@@ -290,7 +295,7 @@ async fn send(links: &mut BTreeMap<Peer, Link>, t: Transmit, client: &mut Client
             queue.push_back(t.data);
         }
         None => {
-            log::debug!("no link to server {}; reporting it unreachable", t.peer.0);
+            log::debug!("no link to {}; reporting it unreachable", t.peer);
             client.handle_unreachable(Instant::now(), t.peer);
         }
     }
@@ -337,14 +342,18 @@ fn spawn_persister(
 
 /// `STATUS=` text: e.g. `registered with 1/1 servers (1: registered)`.
 fn status_line(servers: &[ServerStatus]) -> String {
+    // ssid 0 is the Bootstrap-Server, listed while a bootstrap is under way.
+    let dm = servers.iter().filter(|s| s.ssid != 0).count();
     let registered = servers.iter().filter(|s| s.state == "registered").count();
     let detail: Vec<String> = servers
         .iter()
-        .map(|s| format!("{}: {}", s.ssid, s.state))
+        .map(|s| match s.ssid {
+            0 => s.state.to_string(),
+            ssid => format!("{ssid}: {}", s.state),
+        })
         .collect();
     format!(
-        "registered with {registered}/{} servers ({})",
-        servers.len(),
+        "registered with {registered}/{dm} servers ({})",
         detail.join(", ")
     )
 }

@@ -22,6 +22,7 @@ use crate::core::lwm2m::links::Lwm2mVersion;
 use crate::core::lwm2m::path::Path as Lwm2mPath;
 use crate::core::object::Registry;
 use crate::host::{self, HostDevice, HostNet, ModemHandle};
+use crate::objects::access_control::AccessControl;
 use crate::objects::connectivity::Connectivity;
 use crate::objects::device::{Device, DeviceInfo};
 use crate::objects::firmware::Firmware;
@@ -87,6 +88,11 @@ pub fn client_config(settings: &Settings, seed: u64) -> ClientConfig {
         retry_max: settings.registration.retry_max,
         sample_interval: settings.observe.sample_interval,
         server_prefs,
+        bootstrap_fallback_after: settings.bootstrap.as_ref().map_or(0, |b| b.fallback_after),
+        bootstrap_timeout: settings
+            .bootstrap
+            .as_ref()
+            .map_or(Duration::from_secs(247), |b| b.timeout),
         seed,
     }
 }
@@ -131,34 +137,16 @@ pub fn registry(
     firmware: Option<Firmware>,
     running_version: Option<String>,
 ) -> Registry {
-    let security: Vec<SecurityAccount> = settings
+    let mut security: Vec<SecurityAccount> = settings
         .servers
         .iter()
-        .map(|s| {
-            let mut account = SecurityAccount::nosec(s.uri.as_str(), s.short_id.get());
-            match &s.security {
-                ServerSecurity::NoSec => {}
-                ServerSecurity::Psk { identity, key } => {
-                    account.mode = SecurityMode::Psk;
-                    account.identity.clone_from(identity);
-                    account.secret_key.clone_from(&key.0);
-                }
-                ServerSecurity::Certificate {
-                    certificate,
-                    private_key,
-                    server_certificate,
-                    server_name,
-                } => {
-                    account.mode = SecurityMode::Certificate;
-                    account.identity.clone_from(certificate);
-                    account.secret_key.clone_from(&private_key.0);
-                    account.server_public_key.clone_from(server_certificate);
-                    account.sni.clone_from(server_name);
-                }
-            }
-            account
-        })
+        .map(|s| security_account(s.uri.as_str(), Some(s.short_id.get()), &s.security))
         .collect();
+    if let Some(b) = &settings.bootstrap {
+        let mut account = security_account(b.uri.as_str(), None, &b.security);
+        account.hold_off = Some(secs(b.hold_off));
+        security.push(account);
+    }
     let servers: Vec<ServerAccount> = settings
         .servers
         .iter()
@@ -193,6 +181,7 @@ pub fn registry(
     let mut reg = Registry::new();
     reg.insert(Box::new(Security::new(security)));
     reg.insert(Box::new(Server::new(servers)));
+    reg.insert(Box::new(AccessControl::default()));
     reg.insert(Box::new(Device::new(
         info,
         Box::new(HostDevice::new("/", net.clone())),
@@ -202,6 +191,34 @@ pub fn registry(
         reg.insert(Box::new(fw));
     }
     reg
+}
+
+/// The Security instance for a configured server (`ssid`) or Bootstrap-Server (`None`).
+fn security_account(uri: &str, ssid: Option<u16>, security: &ServerSecurity) -> SecurityAccount {
+    let mut account = SecurityAccount::nosec(uri, ssid.unwrap_or(0));
+    account.ssid = ssid;
+    account.bootstrap = ssid.is_none();
+    match security {
+        ServerSecurity::NoSec => {}
+        ServerSecurity::Psk { identity, key } => {
+            account.mode = SecurityMode::Psk;
+            account.identity.clone_from(identity);
+            account.secret_key.clone_from(&key.0);
+        }
+        ServerSecurity::Certificate {
+            certificate,
+            private_key,
+            server_certificate,
+            server_name,
+        } => {
+            account.mode = SecurityMode::Certificate;
+            account.identity.clone_from(certificate);
+            account.secret_key.clone_from(&private_key.0);
+            account.server_public_key.clone_from(server_certificate);
+            account.sni.clone_from(server_name);
+        }
+    }
+    account
 }
 
 /// Carries out host effects: reboot and factory reset.

@@ -242,7 +242,7 @@ impl PeerSocket {
                     }
                     // ICMP port unreachable and similar arrive as errors on a connected socket;
                     // the CoAP layer's retransmission deals with the loss.
-                    Err(e) => log::debug!("server {}: receive error: {e}", peer.0),
+                    Err(e) => log::debug!("{peer}: receive error: {e}"),
                 }
             }
         });

@@ -5,9 +5,14 @@
 //! `handle_command` and `handle_effect_done` with the current `Instant`; after each call drain
 //! `poll_transmit`, then `poll_effect`, then `poll_event`, and sleep until `poll_timeout`.
 
+mod access;
+mod bootstrap;
+#[cfg(test)]
+mod bootstrap_tests;
 mod observe;
 mod registration;
 mod requests;
+mod staging;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha12Rng;
 use rand_core::{RngCore, SeedableRng};
 
+pub use self::bootstrap::BOOTSTRAP_PEER;
+use self::bootstrap::Bootstrapper;
 use self::observe::{Failure, Observation};
 use self::registration::Registration;
 use self::requests::{Block1Transfer, CachedBody};
@@ -65,6 +72,10 @@ pub struct ClientConfig {
     pub sample_interval: Duration,
     /// Preferences by Short Server ID.
     pub server_prefs: BTreeMap<u16, ServerPrefs>,
+    /// Bootstrap after this many failed Register attempts with every server (0: never).
+    pub bootstrap_fallback_after: u32,
+    /// A bootstrap fails when no Bootstrap-Finish arrives this long after the last request.
+    pub bootstrap_timeout: Duration,
     /// Seed for tokens, message IDs and jitter (the runtime draws it from the OS once).
     pub seed: u64,
 }
@@ -78,6 +89,15 @@ pub trait WallClock: Send {
 /// Identifies where a datagram goes or came from: the Short Server ID of a server account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Peer(pub u16);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            BOOTSTRAP_PEER => f.write_str("Bootstrap-Server"),
+            Self(ssid) => write!(f, "server {ssid}"),
+        }
+    }
+}
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +150,11 @@ pub enum Event {
         /// Short Server ID.
         ssid: u16,
     },
+    /// `peer` is gone (its account was removed): close its link.
+    Disconnect {
+        /// The peer.
+        peer: Peer,
+    },
     /// Every server is de-registered after `Command::Shutdown`.
     Stopped,
 }
@@ -151,9 +176,14 @@ enum Exchange {
 #[derive(Debug)]
 struct ServerConn {
     ssid: u16,
+    /// The account's URI and credentials, as handed to the runtime.
+    uri: String,
+    security: PeerSecurity,
     endpoint: Endpoint,
     prefs: ServerPrefs,
     registration: Registration,
+    /// Failed Register attempts since the last bootstrap (drives the fallback to bootstrap).
+    failures_since_bootstrap: u32,
     attributes: AttributeStore,
     observations: BTreeMap<Vec<u8>, Observation>,
     exchanges: BTreeMap<RequestId, Exchange>,
@@ -168,6 +198,8 @@ pub struct Client {
     clock: Box<dyn WallClock>,
     rng: ChaCha12Rng,
     servers: BTreeMap<u16, ServerConn>,
+    /// The Bootstrap-Server side.
+    bootstrap: Bootstrapper,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     effects: VecDeque<(EffectId, Effect)>,
@@ -254,39 +286,16 @@ impl Client {
     ) -> Self {
         let mut rng = ChaCha12Rng::seed_from_u64(config.seed);
         let restored_attrs = restore_state(&mut registry, state);
-        let mut servers = BTreeMap::new();
-        let mut events = VecDeque::new();
-        for (ssid, uri, security) in server_accounts(&mut registry, clock.as_ref(), now) {
-            let prefs = config.server_prefs.get(&ssid).copied().unwrap_or_default();
-            let endpoint = Endpoint::new(config.coap.clone(), rng.next_u64());
-            events.push_back(Event::Connect {
-                peer: Peer(ssid),
-                uri,
-                security,
-            });
-            servers.insert(
-                ssid,
-                ServerConn {
-                    ssid,
-                    endpoint,
-                    prefs,
-                    registration: Registration::new(now),
-                    attributes: restored_attrs.get(&ssid).cloned().unwrap_or_default(),
-                    observations: BTreeMap::new(),
-                    exchanges: BTreeMap::new(),
-                    block1: Vec::new(),
-                    block2: Vec::new(),
-                },
-            );
-        }
+        let bootstrap = Bootstrapper::new(Endpoint::new(config.coap.clone(), rng.next_u64()));
         let mut client = Self {
             config,
             registry,
             clock,
             rng,
-            servers,
+            servers: BTreeMap::new(),
+            bootstrap,
             transmits: VecDeque::new(),
-            events,
+            events: VecDeque::new(),
             effects: VecDeque::new(),
             effect_owner: BTreeMap::new(),
             next_effect: 1,
@@ -294,6 +303,14 @@ impl Client {
             shutting_down: false,
             held: BTreeMap::new(),
         };
+        let (found, _) = client.with_ctx(now, None, server_accounts);
+        for (ssid, uri, security) in found {
+            let attributes = restored_attrs.get(&ssid).cloned().unwrap_or_default();
+            client.add_server(now, ssid, uri, security, attributes);
+        }
+        if client.servers.is_empty() {
+            client.start_bootstrap(now, "no LwM2M server account is configured", true);
+        }
         for oid in client.registry.ids() {
             let (_, out) = client.with_ctx(now, None, |reg, ctx| {
                 if let Some(object) = reg.get_mut(oid) {
@@ -306,10 +323,92 @@ impl Client {
         client
     }
 
+    /// Starts serving the account `ssid`: the runtime opens its link, and registration begins.
+    fn add_server(
+        &mut self,
+        now: Instant,
+        ssid: u16,
+        uri: String,
+        security: PeerSecurity,
+        attributes: AttributeStore,
+    ) {
+        let prefs = self
+            .config
+            .server_prefs
+            .get(&ssid)
+            .copied()
+            .unwrap_or_default();
+        let endpoint = Endpoint::new(self.config.coap.clone(), self.rng.next_u64());
+        self.events.push_back(Event::Connect {
+            peer: Peer(ssid),
+            uri: uri.clone(),
+            security: security.clone(),
+        });
+        self.servers.insert(
+            ssid,
+            ServerConn {
+                ssid,
+                uri,
+                security,
+                endpoint,
+                prefs,
+                registration: Registration::new(now),
+                failures_since_bootstrap: 0,
+                attributes,
+                observations: BTreeMap::new(),
+                exchanges: BTreeMap::new(),
+                block1: Vec::new(),
+                block2: Vec::new(),
+            },
+        );
+    }
+
+    /// Brings the server connections in line with the accounts in objects 0 and 1 (after a
+    /// bootstrap): new accounts start registering, removed or re-pointed ones are dropped, and
+    /// unchanged ones keep their registration and send an Update with any new parameters.
+    fn reload_servers(&mut self, now: Instant) {
+        let (found, _) = self.with_ctx(now, None, server_accounts);
+        let wanted: BTreeMap<u16, (String, PeerSecurity)> = found
+            .into_iter()
+            .map(|(ssid, uri, sec)| (ssid, (uri, sec)))
+            .collect();
+        let existing: Vec<u16> = self.servers.keys().copied().collect();
+        for ssid in existing {
+            let keep = self.servers.get(&ssid).is_some_and(|c| {
+                wanted
+                    .get(&ssid)
+                    .is_some_and(|(uri, sec)| *uri == c.uri && *sec == c.security)
+            });
+            if keep {
+                if let Some(conn) = self.servers.get_mut(&ssid) {
+                    conn.failures_since_bootstrap = 0;
+                }
+                self.request_update(now, ssid);
+            } else {
+                log::info!("server {ssid}: account removed or changed by the bootstrap");
+                self.servers.remove(&ssid);
+                self.events
+                    .push_back(Event::Disconnect { peer: Peer(ssid) });
+            }
+        }
+        for (ssid, (uri, security)) in wanted {
+            if !self.servers.contains_key(&ssid) {
+                log::info!("server {ssid}: new account {uri}");
+                self.add_server(now, ssid, uri, security, AttributeStore::default());
+            }
+        }
+        self.persist_dirty = true;
+    }
+
     // ----- inputs -----
 
     /// A datagram arrived from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: Peer, data: &[u8]) {
+        if peer == BOOTSTRAP_PEER {
+            self.bootstrap.endpoint.handle_datagram(now, data);
+            self.pump(now);
+            return;
+        }
         let Some(conn) = self.servers.get_mut(&peer.0) else {
             log::debug!("datagram from unknown peer {peer:?} dropped");
             return;
@@ -321,7 +420,9 @@ impl Client {
     /// The runtime could not deliver to `peer` (address unresolvable, network unreachable):
     /// everything outstanding towards it fails now instead of after the retransmission span.
     pub fn handle_unreachable(&mut self, now: Instant, peer: Peer) {
-        if let Some(conn) = self.servers.get_mut(&peer.0) {
+        if peer == BOOTSTRAP_PEER {
+            self.bootstrap.endpoint.abort_all();
+        } else if let Some(conn) = self.servers.get_mut(&peer.0) {
             conn.endpoint.abort_all();
         }
         self.pump(now);
@@ -337,6 +438,8 @@ impl Client {
             self.registration_timers(now, ssid);
             self.observation_timers(now, ssid);
         }
+        self.bootstrap.endpoint.handle_timeout(now);
+        self.bootstrap_timers(now);
         self.object_timers(now);
         self.expire_held(now);
         self.pump(now);
@@ -489,17 +592,24 @@ impl Client {
         for held in self.held.values() {
             take(Some(held.since + HOLD_LIMIT));
         }
+        take(self.bootstrap.endpoint.poll_timeout());
+        take(self.bootstrap.deadline());
         next
     }
 
     /// Each server's registration state.
+    /// The Bootstrap-Server shows as ssid 0 while a bootstrap is under way.
     pub fn status(&self) -> Vec<ServerStatus> {
-        self.servers
-            .values()
-            .map(|c| ServerStatus {
+        let bootstrap = self.bootstrap.state_name().map(|state| ServerStatus {
+            ssid: BOOTSTRAP_PEER.0,
+            state,
+        });
+        bootstrap
+            .into_iter()
+            .chain(self.servers.values().map(|c| ServerStatus {
                 ssid: c.ssid,
                 state: c.registration.state_name(),
-            })
+            }))
             .collect()
     }
 
@@ -533,6 +643,17 @@ impl Client {
                     moved = true;
                     self.endpoint_event(now, ssid, event);
                 }
+            }
+            while let Some(data) = self.bootstrap.endpoint.poll_transmit() {
+                self.transmits.push_back(Transmit {
+                    peer: BOOTSTRAP_PEER,
+                    data,
+                });
+                moved = true;
+            }
+            if let Some(event) = self.bootstrap.endpoint.poll_event() {
+                moved = true;
+                self.bootstrap_event(now, event);
             }
             if !moved {
                 break;
@@ -625,6 +746,9 @@ impl Client {
                 | CoreAction::RegistrationParamsChanged { ssid } => self.request_update(now, ssid),
                 CoreAction::Disable { ssid } => self.disable(now, ssid),
                 CoreAction::ObjectListChanged => self.object_list_changed(now),
+                CoreAction::RequestBootstrap => {
+                    self.start_bootstrap(now, "a server executed Bootstrap-Request Trigger", false)
+                }
             }
         }
     }
@@ -699,65 +823,81 @@ fn server_instance(
     })
 }
 
-/// (ssid, uri) of every device-management account: a non-bootstrap /0 instance whose Short
-/// Server ID has a /1 instance.
-fn server_accounts(
-    reg: &mut Registry,
-    clock: &dyn WallClock,
-    now: Instant,
-) -> Vec<(u16, String, PeerSecurity)> {
-    let mut out = CtxOutput::default();
-    let mut ctx = Ctx {
-        now,
-        unix_time: clock.unix_time(now),
-        server: None,
-        out: &mut out,
-    };
+/// One Security instance as the core needs it.
+#[derive(Debug, Clone, PartialEq)]
+struct Account {
+    /// /0/x/0.
+    uri: String,
+    /// /0/x/1.
+    bootstrap: bool,
+    /// /0/x/10.
+    ssid: Option<u16>,
+    /// /0/x/2-5 and 14.
+    security: PeerSecurity,
+    /// /0/x/11 Client Hold Off Time.
+    hold_off: Duration,
+}
+
+/// Every Security instance.
+fn accounts(reg: &mut Registry, ctx: &mut Ctx<'_>) -> Vec<Account> {
     let Some(security) = reg.get_mut(0) else {
         return Vec::new();
     };
-    let mut accounts = Vec::new();
+    let mut out = Vec::new();
     for iid in security.instances() {
-        let read = |o: &mut dyn super::object::Object, ctx: &mut Ctx<'_>, rid| match o
-            .read(ctx, iid, rid)
-        {
+        let mut read = |rid| match security.read(ctx, iid, rid) {
             Ok(ResourceValue::Single(v)) => Some(v),
             _ => None,
         };
-        if matches!(read(security, &mut ctx, 1), Some(Value::Boolean(true))) {
-            continue;
-        }
-        let (Some(Value::String(uri)), Some(Value::Integer(ssid))) =
-            (read(security, &mut ctx, 0), read(security, &mut ctx, 10))
-        else {
+        let Some(Value::String(uri)) = read(0) else {
             continue;
         };
-        let opaque =
-            |o: &mut dyn super::object::Object, ctx: &mut Ctx<'_>, rid| match read(o, ctx, rid) {
-                Some(Value::Opaque(b)) => b,
-                _ => Vec::new(),
-            };
-        let security = PeerSecurity {
-            mode: match read(security, &mut ctx, 2) {
-                Some(Value::Integer(m)) => m,
-                _ => 3,
-            },
-            identity: opaque(security, &mut ctx, 3),
-            server_public_key: opaque(security, &mut ctx, 4),
-            secret_key: opaque(security, &mut ctx, 5),
-            sni: match read(security, &mut ctx, 14) {
-                Some(Value::String(s)) => Some(s),
+        let mut opaque = |rid| match read(rid) {
+            Some(Value::Opaque(b)) => b,
+            _ => Vec::new(),
+        };
+        let (identity, server_public_key, secret_key) = (opaque(3), opaque(4), opaque(5));
+        out.push(Account {
+            uri,
+            bootstrap: matches!(read(1), Some(Value::Boolean(true))),
+            ssid: match read(10) {
+                Some(Value::Integer(id)) => u16::try_from(id).ok(),
                 _ => None,
             },
-        };
-        if let Ok(ssid) = u16::try_from(ssid) {
-            accounts.push((ssid, uri, security));
-        }
+            security: PeerSecurity {
+                mode: match read(2) {
+                    Some(Value::Integer(m)) => m,
+                    _ => 3,
+                },
+                identity,
+                server_public_key,
+                secret_key,
+                sni: match read(14) {
+                    Some(Value::String(s)) => Some(s),
+                    _ => None,
+                },
+            },
+            hold_off: match read(11) {
+                Some(Value::Integer(s)) => Duration::from_secs(u64::try_from(s).unwrap_or(0)),
+                _ => Duration::ZERO,
+            },
+        });
     }
+    out
+}
+
+/// (ssid, uri, security) of every device-management account: a non-bootstrap /0 instance whose
+/// Short Server ID has a /1 instance.
+fn server_accounts(reg: &mut Registry, ctx: &mut Ctx<'_>) -> Vec<(u16, String, PeerSecurity)> {
+    let mut accounts: Vec<(u16, String, PeerSecurity)> = accounts(reg, ctx)
+        .into_iter()
+        .filter(|a| !a.bootstrap)
+        .filter_map(|a| Some((a.ssid?, a.uri, a.security)))
+        .collect();
     let Some(server) = reg.get_mut(1) else {
         return Vec::new();
     };
-    accounts.retain(|(ssid, _, _)| server_instance(server, &mut ctx, *ssid).is_some());
+    accounts.retain(|(ssid, _, _)| server_instance(server, ctx, *ssid).is_some());
     accounts
 }
 

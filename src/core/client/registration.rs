@@ -363,6 +363,7 @@ impl Client {
         );
         conn.registration.sent = sent;
         conn.registration.attempts = 0;
+        conn.failures_since_bootstrap = 0;
         conn.registration.state = State::Registered {
             location,
             update_at: now + update_interval(lifetime),
@@ -388,6 +389,7 @@ impl Client {
         };
         conn.registration.pending = None;
         conn.registration.attempts = conn.registration.attempts.saturating_add(1);
+        conn.failures_since_bootstrap = conn.failures_since_bootstrap.saturating_add(1);
         if self.shutting_down {
             conn.registration.state = State::Stopped;
             return;
@@ -402,15 +404,20 @@ impl Client {
             reason,
             retry_in: delay,
         });
+        self.maybe_fall_back_to_bootstrap(now);
     }
 
-    /// Exponential back-off with "equal jitter": half the delay is fixed, half random, so a fleet
-    /// that lost the same server spreads its retries instead of hammering it in step.
     fn backoff(&mut self, ssid: u16) -> Duration {
         let attempts = self
             .servers
             .get(&ssid)
             .map_or(0, |c| c.registration.attempts);
+        self.backoff_delay(attempts)
+    }
+
+    /// Exponential back-off with "equal jitter": half the delay is fixed, half random, so a fleet
+    /// that lost the same server spreads its retries instead of hammering it in step.
+    pub(super) fn backoff_delay(&mut self, attempts: u32) -> Duration {
         let base = self.config.retry_initial.as_millis() as u64;
         let cap = self.config.retry_max.as_millis() as u64;
         let delay = base

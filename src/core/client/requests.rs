@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Client;
+use super::access::Right;
 use super::observe::Target;
 use crate::core::coap::block::BlockOpt;
 use crate::core::coap::blockwise::{Block1Receiver, BlockwiseError, block2_slice};
@@ -131,6 +132,9 @@ impl Client {
         if matches!(path.object_id(), Some(0 | 21)) {
             return Err(Error::Unauthorized);
         }
+        if let Some(right) = self.required_right(msg, &path)? {
+            self.check_access(now, ssid, right, &path)?;
+        }
         let mut payload: Option<Vec<u8>> = None;
         let mut block1 = None;
         if let Some(raw) = msg.option(opt::BLOCK1) {
@@ -150,6 +154,35 @@ impl Client {
             }
         }
         Ok(response)
+    }
+
+    /// The access right a request needs on its target (None: not governed by ACLs, or checked
+    /// per record as for the composite operations).
+    fn required_right(&self, msg: &Message, path: &Path) -> Result<Option<Right>, Error> {
+        Ok(match msg.code {
+            Code::GET if msg.accept()? == Some(cf::LINK_FORMAT) => None,
+            // Object-level reads are filtered per instance instead.
+            Code::GET if path.len() >= 2 => Some(Right::Read),
+            Code::PUT
+                if msg.payload.is_empty()
+                    && msg.content_format()?.is_none()
+                    && msg.has_option(opt::URI_QUERY) =>
+            {
+                None
+            }
+            Code::PUT if path.len() >= 2 => Some(Right::Write),
+            Code::POST if path.len() == 1 => Some(Right::Create),
+            Code::POST if path.len() == 3 => {
+                let (oid, _, rid) = ids(path);
+                match self.registry.resource_meta(oid, rid) {
+                    Some(m) if m.operations.execute => Some(Right::Execute),
+                    _ => Some(Right::Write),
+                }
+            }
+            Code::POST if path.len() >= 2 => Some(Right::Write),
+            Code::DELETE if path.len() >= 2 => Some(Right::Delete),
+            _ => None,
+        })
     }
 
     fn dispatch(
@@ -260,7 +293,7 @@ impl Client {
             return Err(Error::NotAcceptable(a));
         }
         let (records, out) = self.with_ctx(now, Some(ssid), |reg, ctx| tree::read(reg, ctx, path));
-        let records = records?;
+        let records = self.readable_records(now, ssid, records?);
         debug_assert!(out.effects.is_empty(), "reads have no effects");
         let preferred = self
             .servers
@@ -539,7 +572,7 @@ impl Client {
         });
         records.sort_by_key(|a| a.path);
         records.dedup_by(|a, b| a.path == b.path);
-        records
+        self.readable_records(now, ssid, records)
     }
 
     /// Write-Composite: every value is checked before any is written, so the write is all or
@@ -567,6 +600,9 @@ impl Client {
                 return Err(Error::Unauthorized);
             }
             groups.entry(r.path.truncate(2)).or_default().push(r);
+        }
+        for instance in groups.keys() {
+            self.check_access(now, ssid, Right::Write, instance)?;
         }
         if groups.is_empty() {
             return Err(Error::bad("Write-Composite carries no value"));
@@ -702,6 +738,9 @@ impl Client {
         self.check_present(now, path)?;
         let args = parse_exec_args(body).map_err(Error::BadRequest)?;
         let (oid, iid, rid) = ids(path);
+        if (oid, rid) == (1, 9) && !self.can_bootstrap(now) {
+            return Err(Error::not_allowed("there is no Bootstrap-Server account"));
+        }
         self.call_object(now, ssid, oid, outputs, |o, ctx| {
             o.execute(ctx, iid, rid, &args)
         })?;
@@ -776,6 +815,7 @@ impl Client {
             ctx.action(CoreAction::ObjectListChanged);
             Ok(())
         })?;
+        self.acl_for_new_instance(now, ssid, oid, iid);
         log::info!("server {ssid}: created /{oid}/{iid}");
         let mut resp = Message::response(Code::CREATED);
         resp.add_option(opt::LOCATION_PATH, oid.to_string().into_bytes());
@@ -804,6 +844,7 @@ impl Client {
         for conn in self.servers.values_mut() {
             conn.attributes.remove_below(path);
         }
+        self.acl_for_deleted_instance(now, oid, iid);
         self.persist_dirty = true;
         log::info!("server {ssid}: deleted {path}");
         Ok(Message::response(Code::DELETED))
@@ -1029,7 +1070,7 @@ fn block2_of(msg: &Message) -> Result<Option<BlockOpt>, Error> {
 }
 
 /// Maps a decoding failure of a request payload to its response code.
-fn decode_error(e: ContentError) -> Error {
+pub(super) fn decode_error(e: ContentError) -> Error {
     match e {
         ContentError::Unsupported(f) => Error::UnsupportedContentFormat(f),
         ContentError::NotSingle(f) => Error::UnsupportedContentFormat(f),

@@ -44,6 +44,8 @@ fn registered_client(now: Instant) -> Client {
         retry_max: Duration::from_secs(60),
         sample_interval: Duration::from_secs(1),
         server_prefs: BTreeMap::from([(1, ServerPrefs::default())]),
+        bootstrap_fallback_after: 0,
+        bootstrap_timeout: Duration::from_secs(247),
         seed: 7,
     };
     let mut client = Client::new(config, reg, Box::new(Fixed), None, now);
