@@ -652,7 +652,6 @@ impl Client {
         self.bootstrap.attempts = 0;
         self.bootstrap.state = State::Idle;
         self.reload_servers(now);
-        self.object_list_changed(now);
     }
 }
 

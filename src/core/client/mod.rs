@@ -364,8 +364,8 @@ impl Client {
     }
 
     /// Brings the server connections in line with the accounts in objects 0 and 1 (after a
-    /// bootstrap): new accounts start registering, removed or re-pointed ones are dropped, and
-    /// unchanged ones keep their registration and send an Update with any new parameters.
+    /// bootstrap): removed or re-pointed accounts are dropped, and every other one registers
+    /// afresh, as after a start (its link and per-server attributes stay).
     fn reload_servers(&mut self, now: Instant) {
         let (found, _) = self.with_ctx(now, None, server_accounts);
         let wanted: BTreeMap<u16, (String, PeerSecurity)> = found
@@ -380,10 +380,7 @@ impl Client {
                     .is_some_and(|(uri, sec)| *uri == c.uri && *sec == c.security)
             });
             if keep {
-                if let Some(conn) = self.servers.get_mut(&ssid) {
-                    conn.failures_since_bootstrap = 0;
-                }
-                self.request_update(now, ssid);
+                self.restart_registration(now, ssid);
             } else {
                 log::info!("server {ssid}: account removed or changed by the bootstrap");
                 self.servers.remove(&ssid);

@@ -382,6 +382,27 @@ impl Client {
         }
     }
 
+    /// Starts over with a fresh Register (after a bootstrap rewrote the account): whatever
+    /// registration exchange is in flight is forgotten, and so are the observations.
+    pub(super) fn restart_registration(&mut self, now: Instant, ssid: u16) {
+        self.drop_observations(ssid);
+        let Some(conn) = self.servers.get_mut(&ssid) else {
+            return;
+        };
+        let stale: Vec<RequestId> = conn
+            .exchanges
+            .iter()
+            .filter(|(_, e)| !matches!(e, Exchange::Notify(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            conn.exchanges.remove(&id);
+            conn.endpoint.cancel(id);
+        }
+        conn.registration = Registration::new(now);
+        conn.failures_since_bootstrap = 0;
+    }
+
     fn registration_failed(&mut self, now: Instant, ssid: u16, reason: String) {
         let delay = self.backoff(ssid);
         let Some(conn) = self.servers.get_mut(&ssid) else {
