@@ -56,6 +56,10 @@ seed link_format register '</1>;ver=1.2,</1/0>,</3/0/7>;dim=8;pmin=10;ct="60 110
 seed exec_args args "0='foo',1"
 seed path path '/3/0/11/2'
 seed coap_message get '\x40\x01\x12\x34\xB1\x33\x01\x30'
+# bootstrap_datagram: Bootstrap-Delete /, a Bootstrap-Write of /0/1 in SenML JSON, Finish.
+seed bootstrap_datagram delete '\x00\x40\x04\x00\x01'
+seed bootstrap_datagram write '\x00\x40\x03\x00\x03\xB1\x30\x01\x31\x11\x6E\xFF[{"bn":"/0/1/","n":"0","vs":"coap://x"},{"n":"1","vb":false},{"n":"2","v":3},{"n":"10","v":5}]'
+seed bootstrap_datagram finish '\x00\x40\x02\x00\x02\xB2bs'
 
 # seed_cat <target> <name> <printf-prefix> <file> [skip count]: a seed made of a prefix and
 # a file's bytes (all, or `count` bytes after the first `skip`).
