@@ -7,6 +7,15 @@
 * ``lwm2md_unstarted``: the same, configured but not started (for start-up scenarios).
 * ``client``: the DM client (``EndpointClient``) for the daemon's endpoint.
 * ``model``: the OMA object model parsed from the registry XML.
+* ``dtls_front``: ``None``, or with ``@pytest.mark.dtls("psk" | "certificate", **options)`` a
+  ``DtlsFront`` (mbedTLS) in front of ``server``; ``lwm2md`` / ``lwm2md_unstarted`` then talk to
+  it over ``coaps://`` (options: ``dtls_front.start_test_front``). The front is set up before and
+  torn down after the daemon, so the SIGTERM de-registration still goes over DTLS.
+* ``bootstrap_server``: a fresh ``BootstrapServer`` (``/bs``) on 127.0.0.1:<ephemeral>.
+* ``bs_unstarted``: the daemon with ``[bootstrap]`` → ``bootstrap_server`` and no ``[[server]]``
+  (``daemon.bootstrap_config``), not started; markers apply on top; ``server`` is the server
+  its Register is awaited at (``wait_registered``) and teardown checks the de-registration at.
+* ``server2``: a second ``Lwm2mServer`` (multi-server and Access Control tests).
 
 On failure the daemon's log and the server's event log are attached to the report.
 """
@@ -14,20 +23,33 @@ On failure the daemon's log and the server's event log are attached to the repor
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pytest
 
-from daemon import REGISTRATION_TIMEOUT, Lwm2md, deep_merge
+from bootstrap_server import BootstrapServer
+from daemon import REGISTRATION_TIMEOUT, Lwm2md, bootstrap_config, deep_merge
 from lwm2m_model import load_model
 from lwm2m_server import EndpointClient, Lwm2mServer
 
+if TYPE_CHECKING:  # python-mbedtls is imported only by tests that use a DTLS front
+    from dtls_front import DtlsFront
+
 DAEMON_KEY = pytest.StashKey[Lwm2md]()
 SERVER_KEY = pytest.StashKey[Lwm2mServer]()
+FRONT_KEY = pytest.StashKey["DtlsFront"]()
+BOOTSTRAP_KEY = pytest.StashKey[BootstrapServer]()
+SERVER2_KEY = pytest.StashKey[Lwm2mServer]()
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "lwm2md_config(overrides): dict deep-merged into the daemon's TOML configuration"
+    )
+    config.addinivalue_line(
+        "markers",
+        "dtls(mode, **options): put a DTLS front (dtls_front.start_test_front) before the server "
+        "and point the daemon at it",
     )
     logging.getLogger("coap-server").setLevel(logging.WARNING)
     logging.getLogger("coap").setLevel(logging.WARNING)
@@ -44,6 +66,15 @@ def pytest_runtest_makereport(item, call):
         server = item.stash.get(SERVER_KEY, None)
         if server is not None:
             report.sections.append(("LwM2M server events", server.describe_events()))
+        front = item.stash.get(FRONT_KEY, None)
+        if front is not None:
+            report.sections.append(("DTLS front", front.describe()))
+        bootstrap = item.stash.get(BOOTSTRAP_KEY, None)
+        if bootstrap is not None:
+            report.sections.append(("Bootstrap-Server events", bootstrap.describe_events()))
+        server2 = item.stash.get(SERVER2_KEY, None)
+        if server2 is not None:
+            report.sections.append(("second LwM2M server events", server2.describe_events()))
     return report
 
 
@@ -62,8 +93,25 @@ async def server(request):
     await srv.stop()
 
 
-def _config_overrides(request) -> dict:
-    overrides: dict = {}
+@pytest.fixture
+async def dtls_front(request, server, tmp_path):
+    """None, or (with a ``dtls`` marker) a started DTLS front before ``server``."""
+    marker = request.node.get_closest_marker("dtls")
+    if marker is None:
+        yield None
+        return
+    from dtls_front import start_test_front
+
+    upstream = ("127.0.0.1", server.port)
+    front = await start_test_front(upstream, tmp_path / "dtls", *marker.args, **marker.kwargs)
+    request.node.stash[FRONT_KEY] = front
+    yield front
+    await front.stop()
+
+
+def _config_overrides(request, front: DtlsFront | None = None) -> dict:
+    """The DTLS front's ``[[server]]`` keys (if any), then the ``lwm2md_config`` markers."""
+    overrides: dict = {"server": front.client_config} if front is not None else {}
     # iter_markers yields the closest marker first; apply the farthest first so the closest wins.
     for marker in reversed(list(request.node.iter_markers("lwm2md_config"))):
         overrides = deep_merge(overrides, marker.args[0])
@@ -91,18 +139,18 @@ async def _stop_daemon(daemon: Lwm2md, server: Lwm2mServer) -> None:
 
 
 @pytest.fixture
-async def lwm2md_unstarted(request, server, tmp_path):
+async def lwm2md_unstarted(request, server, tmp_path, dtls_front):
     """The daemon, configured but not started: the test calls ``await lwm2md_unstarted.start()``."""
-    daemon = Lwm2md(server, tmp_path, _config_overrides(request))
+    daemon = Lwm2md(server, tmp_path, _config_overrides(request, dtls_front))
     request.node.stash[DAEMON_KEY] = daemon
     yield daemon
     await _stop_daemon(daemon, server)
 
 
 @pytest.fixture
-async def lwm2md(request, server, tmp_path):
+async def lwm2md(request, server, tmp_path, dtls_front):
     """The daemon, started and registered; stopped (SIGTERM, ≤ 5 s, de-registration) afterwards."""
-    daemon = Lwm2md(server, tmp_path, _config_overrides(request))
+    daemon = Lwm2md(server, tmp_path, _config_overrides(request, dtls_front))
     request.node.stash[DAEMON_KEY] = daemon
     await daemon.start()
     try:
@@ -176,3 +224,39 @@ async def fw_daemon(fw_unstarted, server):
         await daemon.kill()
         raise
     return daemon
+
+
+# ----- bootstrap (tests/interop/test_bootstrap.py) -----
+
+
+@pytest.fixture
+async def bootstrap_server(request):
+    """A started Bootstrap-Server, shut down after the test."""
+    bs = await BootstrapServer().start()
+    request.node.stash[BOOTSTRAP_KEY] = bs
+    yield bs
+    await bs.stop()
+
+
+@pytest.fixture
+async def server2(request):
+    """A second LwM2M server, shut down after the test."""
+    srv = await Lwm2mServer().start()
+    request.node.stash[SERVER2_KEY] = srv
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def bs_unstarted(request, server, bootstrap_server, tmp_path):
+    """The daemon with the factory Bootstrap-Server account and no ``[[server]]``, not started.
+
+    ``lwm2md_config`` markers merge on top (``{"bootstrap": {"hold_off": 2}}``); a test that
+    needs a factory server sets ``daemon.config["server"]`` before ``start()``. Teardown as for
+    ``lwm2md`` (the de-registration is checked at ``server`` if the test set ``registration``).
+    """
+    overrides = deep_merge(bootstrap_config(bootstrap_server.uri), _config_overrides(request))
+    daemon = Lwm2md(server, tmp_path, overrides)
+    request.node.stash[DAEMON_KEY] = daemon
+    yield daemon
+    await _stop_daemon(daemon, server)

@@ -51,9 +51,7 @@ def base_config(server_uri: str, state_dir: Path, marker_dir: Path, endpoint: st
         },
         "registration": {"retry_initial": 1, "retry_max": 4},
         "observe": {"sample_interval": 1},
-        "server": [
-            {"uri": server_uri, "short_id": SHORT_SERVER_ID, "lifetime": LIFETIME, "binding": "U"},
-        ],
+        "server": [server_table(server_uri)],
         "device": {
             **DEVICE,
             "reboot_command": ["/bin/sh", "-c", f"touch {marker_dir}/rebooted"],
@@ -63,20 +61,39 @@ def base_config(server_uri: str, state_dir: Path, marker_dir: Path, endpoint: st
     }
 
 
+#: ``[bootstrap]`` keys every bootstrap test starts from (README "Configuration reference"):
+#: no Client Hold Off Time, fallback after 3 failed rounds, the RFC 7252 EXCHANGE_LIFETIME.
+BOOTSTRAP_DEFAULTS = {"hold_off": 0, "fallback_after": 3, "timeout": 247}
+
+
+def bootstrap_config(bootstrap_uri: str, **keys: Any) -> dict[str, Any]:
+    """Overrides for a daemon with the factory Bootstrap-Server account at ``bootstrap_uri``
+    and no ``[[server]]`` (so it bootstraps at start); ``keys`` change ``[bootstrap]`` keys."""
+    return {"bootstrap": {"uri": bootstrap_uri, **BOOTSTRAP_DEFAULTS, **keys}, "server": []}
+
+
+def server_table(
+    uri: str, short_id: int = SHORT_SERVER_ID, lifetime: int = LIFETIME, **keys: Any
+) -> dict[str, Any]:
+    """One ``[[server]]`` table (as in ``base_config``) for ``uri``."""
+    return {"uri": uri, "short_id": short_id, "lifetime": lifetime, "binding": "U", **keys}
+
+
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Merge ``overrides`` into a copy of ``base``: tables merge recursively, other values replace.
 
     A dict given for a list of tables (``"server": {"lifetime": 20}``) merges into its first
-    element, so a test can change one key of the single ``[[server]]`` entry.
+    element, so a test can change one key of the single ``[[server]]`` entry. A list replaces
+    (``"server": []`` leaves no ``[[server]]`` table); a dict for an empty list is an error.
     """
     out = dict(base)
     for key, value in overrides.items():
         current = out.get(key)
         if isinstance(current, dict) and isinstance(value, dict):
             out[key] = deep_merge(current, value)
-        elif (
-            isinstance(current, list) and current and isinstance(current[0], dict) and isinstance(value, dict)
-        ):
+        elif isinstance(current, list) and isinstance(value, dict):
+            if not current or not isinstance(current[0], dict):
+                raise ValueError(f"cannot merge {value!r} into {key} = {current!r}: no table to merge into")
             out[key] = [deep_merge(current[0], value), *current[1:]]
         else:
             out[key] = value
@@ -221,6 +238,23 @@ class Lwm2md:
                 f"{self.log_text()[-4000:]}\n--- server events ---\n{self.server.describe_events()}"
             ) from None
         return self.registration
+
+    async def wait_bootstrap_request(
+        self, bootstrap_server, timeout: float = REGISTRATION_TIMEOUT, **kw
+    ) -> Event:
+        """Wait for this daemon's next Bootstrap-Request at ``bootstrap_server`` (a
+        ``BootstrapServer``); fail fast with the log if the process exits first."""
+        try:
+            return await self.watch(
+                bootstrap_server.wait_request(timeout, ep=self.endpoint, **kw), "Bootstrap-Request"
+            )
+        except EventTimeout:
+            raise EventTimeout(
+                f"Bootstrap-Request not seen within {timeout} s from endpoint {self.endpoint} "
+                f"(lwm2md pid {self.proc.pid} still running)\n--- lwm2md log (tail) ---\n"
+                f"{self.log_text()[-4000:]}\n--- bootstrap server events ---\n"
+                f"{bootstrap_server.describe_events()}"
+            ) from None
 
     async def terminate(self, timeout: float = EXIT_TIMEOUT) -> int:
         """SIGTERM; return the exit status, or kill and fail if it takes longer than ``timeout``."""

@@ -639,3 +639,115 @@ async def test_launcher_kills_a_daemon_that_ignores_sigterm(server, tmp_path):
     with pytest.raises(DaemonError, match="did not exit within 0.5 s"):
         await daemon.terminate(0.5)
     assert not daemon.running
+
+
+# --- the DTLS front, against an mbedTLS client ---------------------------------------------------
+
+
+def _mbedtls_client_config(front, suites: tuple[str, ...]):
+    """A python-mbedtls DTLS client with the credentials ``start_test_front`` made for the daemon."""
+    from mbedtls import pk, tls, x509
+
+    cfg = front.client_config
+    if cfg["security"] == "psk":
+        key = Path(cfg["psk_key_file"]).read_bytes()
+        return tls.DTLSConfiguration(
+            ciphers=suites, pre_shared_key=(cfg["psk_identity"], key), validate_certificates=False
+        )
+    chain = (x509.CRT.from_file(cfg["certificate_file"]),)
+    return tls.DTLSConfiguration(
+        ciphers=suites,
+        certificate_chain=(chain, pk.ECC.from_file(cfg["private_key_file"])),
+        trust_store=tls.TrustStore.from_pem_file(cfg["server_certificate_file"]),
+        validate_certificates=True,
+    )
+
+
+def _dtls_client_session(port: int, config, server_name: str | None, register: bytes) -> tuple[bytes, bytes]:
+    """In a thread (blocking sockets): handshake, send ``register``, return its response; then
+    answer the first request from the server with 2.05 "Self"; return (response, request)."""
+    import socket
+
+    from aiocoap import Message
+    from mbedtls import tls
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    conn = tls.ClientContext(config).wrap_socket(sock, server_hostname=server_name)
+    try:
+        conn.do_handshake()
+        conn.send(register)
+        response = conn.recv(4096)
+        request = conn.recv(4096)
+        req = Message.decode(request)
+        conn.send(coap_raw.encode(2, 0x45, req.mid, bytes(req.token), [], b"Self"))  # ACK 2.05
+        return response, request
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", ["psk", "certificate"])
+async def test_dtls_front_relays_both_ways(server, tmp_path, mode):
+    """An mbedTLS client registers through the front (decrypted, relayed from the front's own
+    socket), and a DM read from the server reaches it encrypted and gets its answer back."""
+    from aiocoap import Message
+
+    from dtls_front import CERT_SUITES, PSK_SUITES, SUITE_IDS, client_hello_suites, start_test_front
+
+    front = await start_test_front(("127.0.0.1", server.port), tmp_path / "dtls", mode)
+    try:
+        # The client offers the daemon's suites backwards; the front picks in its own order.
+        suites = tuple(reversed(PSK_SUITES if mode == "psk" else CERT_SUITES))
+        query = [(15, q) for q in (b"ep=dtls-selftest", b"lt=60", b"lwm2m=1.1", b"b=U")]
+        options = [(11, b"rd"), (12, bytes([CF_LINK_FORMAT])), *query]
+        register = coap_raw.encode(0, 0x02, 0x1234, b"selftest", options, b"</1/0>,</3/0>")  # CON POST
+        session = asyncio.ensure_future(
+            asyncio.to_thread(
+                _dtls_client_session,
+                front.port,
+                _mbedtls_client_config(front, suites),
+                front.client_config.get("server_name"),
+                register,
+            )
+        )
+        reg = await server.wait_registration(5, ep="dtls-selftest")
+        host, port = reg.remote.sockaddr[:2]
+        assert (host.removeprefix("::ffff:"), port) in front.upstream_addresses
+        read = await server.client("dtls-selftest").read("/3/0/0")
+        assert (read.code, read.payload) == ("2.05", b"Self")
+        response, request = await asyncio.wait_for(session, 5)
+        assert str(Message.decode(response).code) == "2.01 Created"
+        assert Message.decode(request).opt.uri_path == ("3", "0", "0")
+
+        (hs,) = front.events_of("handshake")
+        assert hs.cipher == (PSK_SUITES if mode == "psk" else CERT_SUITES)[0]
+        if mode == "psk":
+            assert hs.identity == front.client_config["psk_identity"]
+        else:
+            assert f"CN={front.pki.client_cn}" in hs.peer_certificate
+        offered = [s for s in client_hello_suites(front.client_hellos[0][2]) if s != 0x00FF]  # minus SCSV
+        assert offered == [SUITE_IDS[s] for s in suites]
+        assert [Message.decode(p.data).mid for p in front.relayed("up")][0] == 0x1234
+        front.assert_encrypted(b"dtls-selftest", b"Self")
+    finally:
+        await front.stop()
+
+
+async def test_dtls_front_catches_plaintext(server, tmp_path):
+    """Plaintext CoAP sent to the front is neither relayed nor taken for DTLS by assert_encrypted."""
+    from dtls_front import start_test_front
+
+    front = await start_test_front(("127.0.0.1", server.port), tmp_path / "dtls", "psk")
+    peer = await coap_raw.RawUdpPeer().start()
+    try:
+        register = coap_raw.encode(0, 0x02, 0x4321, b"pt", [(11, b"rd"), (15, b"ep=plain")])
+        peer.send(register, ("127.0.0.1", front.port))
+        await front.wait_for(lambda: bool(front.wire), 2, "the plaintext datagram")
+        with pytest.raises(AssertionError, match="not DTLS records|record"):
+            front.assert_encrypted()
+        await server.assert_no_event("register", 0.3)
+        assert not server.wire and not front.relayed("up")
+    finally:
+        peer.close()
+        await front.stop()
