@@ -293,40 +293,6 @@ impl Object for Security {
         Ok(ResourceValue::Single(v))
     }
 
-    /// Only the Bootstrap-Server may write /0 (the core enforces that); values are already typed.
-    fn write(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        instance: u16,
-        resource: u16,
-        value: ResourceValue,
-    ) -> Result<(), Error> {
-        let a = self.accounts.get_mut(&instance).ok_or(Error::NotFound)?;
-        let ResourceValue::Single(v) = value else {
-            return Err(Error::bad("single-instance resource"));
-        };
-        match (resource, v) {
-            (0, Value::String(s)) => a.uri = s,
-            (1, Value::Boolean(b)) => a.bootstrap = b,
-            (2, Value::Integer(m)) => {
-                a.mode =
-                    SecurityMode::from_code(m).ok_or_else(|| Error::bad("unknown security mode"))?
-            }
-            (3, Value::Opaque(b)) => a.identity = b,
-            (4, Value::Opaque(b)) => a.server_public_key = b,
-            (5, Value::Opaque(b)) => a.secret_key = b,
-            (10, Value::Integer(id)) => {
-                a.ssid = Some(
-                    u16::try_from(id).map_err(|_| Error::bad("short server id out of range"))?,
-                )
-            }
-            (14, Value::String(s)) => a.sni = Some(s),
-            _ => return Err(Error::not_allowed("resource is not supported")),
-        }
-        ctx.persist();
-        Ok(())
-    }
-
     fn bootstrap_install(
         &mut self,
         ctx: &mut Ctx<'_>,

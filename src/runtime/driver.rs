@@ -124,7 +124,6 @@ pub async fn drive(
                     // handshakes again, before the core's next attempt.
                     let peer = Peer(ssid);
                     if let Some((uri, security)) = peers.get(&peer).cloned() {
-                        // (The bootstrap's own retries reconnect through Event::Connect.)
                         log::info!(
                             "server {ssid}: opening the link again (new resolution{})",
                             if uri.to_ascii_lowercase().starts_with("coaps") {

@@ -290,10 +290,6 @@ impl Client {
             }
             return Ok(resp);
         };
-        if self.bootstrap.staging.is_none() {
-            let (staged, _) = self.with_ctx(now, None, staging::snapshot);
-            self.bootstrap.staging = Some(staged);
-        }
         let mut response = match msg.code {
             Code::PUT => self.bs_write(now, msg, &path, &body),
             Code::DELETE => self.bs_delete(now, &path),
@@ -358,18 +354,20 @@ impl Client {
         Ok(self.bootstrap.upload.take().map(|u| u.body))
     }
 
-    /// Runs `f` on the staging registry with an internal context.
+    /// Runs `f` on the live registry and the staged copy (taken from the live objects on first
+    /// use) with an internal context.
     fn on_staging<T>(
         &mut self,
         now: Instant,
-        f: impl FnOnce(&mut Registry, &mut Ctx<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let mut staging = self
-            .bootstrap
-            .staging
-            .take()
-            .ok_or_else(|| Error::Internal("no bootstrap under way".into()))?;
-        let (result, _) = self.with_ctx(now, None, |_, ctx| f(&mut staging, ctx));
+        f: impl FnOnce(&mut Registry, &mut Registry, &mut Ctx<'_>) -> T,
+    ) -> T {
+        let staging = self.bootstrap.staging.take();
+        let (result, staging) = self
+            .with_ctx(now, None, |live, ctx| {
+                let mut staging = staging.unwrap_or_else(|| staging::snapshot(live, ctx));
+                (f(live, &mut staging, ctx), staging)
+            })
+            .0;
         self.bootstrap.staging = Some(staging);
         result
     }
@@ -428,7 +426,7 @@ impl Client {
                     .collect(),
             };
             if staged {
-                self.on_staging(now, |reg, ctx| {
+                self.on_staging(now, |_, reg, ctx| {
                     let object = reg.get_mut(oid).ok_or(Error::NotFound)?;
                     if !object.instances().contains(&iid) {
                         object.create(ctx, iid, &[])?;
@@ -464,7 +462,7 @@ impl Client {
         };
         for oid in objects {
             if STAGED_OBJECTS.contains(&oid) {
-                self.on_staging(now, |reg, ctx| {
+                self.on_staging(now, |_, reg, ctx| {
                     let Some(object) = reg.get_mut(oid) else {
                         return Ok(());
                     };
@@ -525,16 +523,11 @@ impl Client {
             Some(f) => return Err(Error::NotAcceptable(f)),
             None => PREFERRED_FORMAT,
         };
-        let mut staging = self
-            .bootstrap
-            .staging
-            .take()
-            .ok_or_else(|| Error::Internal("no bootstrap under way".into()))?;
-        let (records, _) = self.with_ctx(now, None, |_, ctx| tree::read(&mut staging, ctx, path));
-        let encoded = records.and_then(|r| {
-            content::encode(format, path, &r, &staging).map_err(|_| Error::NotAcceptable(format))
+        let encoded = self.on_staging(now, |_, staging, ctx| {
+            let records = tree::read(staging, ctx, path)?;
+            content::encode(format, path, &records, &*staging)
+                .map_err(|_| Error::NotAcceptable(format))
         });
-        self.bootstrap.staging = Some(staging);
         let mut resp = Message::response(Code::CONTENT);
         resp.set_uint_option(opt::CONTENT_FORMAT, u64::from(format));
         resp.payload = encoded?;
@@ -547,16 +540,9 @@ impl Client {
         if path.len() > 1 {
             return Err(Error::bad("Bootstrap-Discover takes / or /O"));
         }
-        let mut staging = self
-            .bootstrap
-            .staging
-            .take()
-            .ok_or_else(|| Error::Internal("no bootstrap under way".into()))?;
-        let (links, _) = self.with_ctx(now, None, |live, ctx| {
-            bootstrap_links(live, &mut staging, ctx, path.object_id())
-        });
-        self.bootstrap.staging = Some(staging);
-        let links = links?;
+        let links = self.on_staging(now, |live, staging, ctx| {
+            bootstrap_links(live, staging, ctx, path.object_id())
+        })?;
         let mut resp = Message::response(Code::CONTENT);
         resp.set_uint_option(opt::CONTENT_FORMAT, u64::from(cf::LINK_FORMAT));
         resp.payload = link::write(&links).into_bytes();
@@ -566,18 +552,13 @@ impl Client {
     /// Bootstrap-Finish: install the staged accounts if they make a usable, consistent
     /// configuration; 4.06 with the reason otherwise (the Bootstrap-Server may fix it).
     fn bs_finish(&mut self, now: Instant) -> Result<Message, Error> {
-        let mut staging = match self.bootstrap.staging.take() {
-            Some(s) => s,
-            // Finish without any change: the current accounts are the configuration.
-            None => self.with_ctx(now, None, staging::snapshot).0,
-        };
-        let (sets, _) = self.with_ctx(now, None, |_, ctx| {
+        // A Finish without any change installs the current accounts as they are.
+        let sets: Vec<(u16, Instances)> = self.on_staging(now, |_, staging, ctx| {
             STAGED_OBJECTS
                 .iter()
-                .filter_map(|&oid| Some((oid, staging::staged_instances(&mut staging, ctx, oid)?)))
-                .collect::<Vec<(u16, Instances)>>()
+                .filter_map(|&oid| Some((oid, staging::instances_of(staging.get_mut(oid)?, ctx))))
+                .collect()
         });
-        self.bootstrap.staging = Some(staging);
         if let Err(reason) = self.check_bootstrap(now, &sets) {
             log::warn!("Bootstrap-Finish refused (4.06): {reason}");
             let mut resp = Message::response(Code::NOT_ACCEPTABLE);
@@ -610,16 +591,18 @@ impl Client {
             });
             result?;
         }
-        let ssids = |oid: u16, rid: u16, skip_bs: bool| -> Vec<i64> {
+        // Short Server IDs named by the instances of `oid` in resource `rid`; the
+        // Bootstrap-Server account (/0/x/1 true) names none.
+        let ssids = |oid: u16, rid: u16| -> Vec<i64> {
             sets.iter()
                 .filter(|(o, _)| *o == oid)
                 .flat_map(|(_, set)| set.values())
                 .filter(|res| {
-                    !(skip_bs
-                        && matches!(
+                    oid != 0
+                        || !matches!(
                             res.get(&1),
                             Some(ResourceValue::Single(Value::Boolean(true)))
-                        ))
+                        )
                 })
                 .filter_map(|res| match res.get(&rid) {
                     Some(ResourceValue::Single(Value::Integer(v))) => Some(*v),
@@ -627,8 +610,8 @@ impl Client {
                 })
                 .collect()
         };
-        let security = ssids(0, 10, true);
-        let server = ssids(1, 0, false);
+        let security = ssids(0, 10);
+        let server = ssids(1, 0);
         if let Some(s) = server.iter().find(|s| !security.contains(s)) {
             return Err(format!(
                 "the /1 instance for Short Server ID {s} has no /0 instance with that ID"

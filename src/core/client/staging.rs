@@ -27,23 +27,7 @@ pub(super) fn snapshot(live: &mut Registry, ctx: &mut Ctx<'_>) -> Registry {
         let Some(object) = live.get_mut(oid) else {
             continue;
         };
-        let mut instances = Instances::new();
-        for iid in object.instances() {
-            let mut resources = BTreeMap::new();
-            for rid in object.resources(iid) {
-                if object
-                    .meta()
-                    .resource(rid)
-                    .is_some_and(|m| m.operations.execute)
-                {
-                    continue;
-                }
-                if let Ok(v) = object.read(ctx, iid, rid) {
-                    resources.insert(rid, v);
-                }
-            }
-            instances.insert(iid, resources);
-        }
+        let instances = instances_of(object, ctx);
         staging.insert(Box::new(Staged {
             meta: object.meta(),
             instances,
@@ -118,33 +102,26 @@ impl Object for Staged {
         self.instances.remove(&instance);
         Ok(())
     }
-
-    fn bootstrap_install(
-        &mut self,
-        _ctx: &mut Ctx<'_>,
-        _instances: &Instances,
-        _commit: bool,
-    ) -> Result<(), String> {
-        Err("a staged copy is never installed into".into())
-    }
 }
 
-/// The staged instances of `oid`, if that object is staged.
-pub(super) fn staged_instances(
-    staging: &mut Registry,
-    ctx: &mut Ctx<'_>,
-    oid: u16,
-) -> Option<Instances> {
-    let object = staging.get_mut(oid)?;
+/// Every instance of `object` with its readable and writable values (executables carry none).
+pub(super) fn instances_of(object: &mut dyn Object, ctx: &mut Ctx<'_>) -> Instances {
     let mut out = Instances::new();
     for iid in object.instances() {
         let mut resources = BTreeMap::new();
         for rid in object.resources(iid) {
+            if object
+                .meta()
+                .resource(rid)
+                .is_some_and(|m| m.operations.execute)
+            {
+                continue;
+            }
             if let Ok(v) = object.read(ctx, iid, rid) {
                 resources.insert(rid, v);
             }
         }
         out.insert(iid, resources);
     }
-    Some(out)
+    out
 }
