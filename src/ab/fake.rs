@@ -99,6 +99,11 @@ fn read_booted(dir: &Path) -> Result<Slot, AbError> {
     }
 }
 
+/// The simulated kernel boot id of the fake machine in `dir` (see [`FakeSlots::boot_id`]).
+pub fn boot_id_of(dir: &Path) -> String {
+    format!("fake-boot-{}", read_boots(dir))
+}
+
 /// Boots the simulated machine once: applies the boot rule to `dir/bootstate.json` exactly as
 /// `packaging/grub/lwm2md.cfg` and `packaging/uboot/boot.cmd` do (the state is read as the
 /// scripts read it; the trial is booted only if re-reading shows `tried=1` landed), records
@@ -192,7 +197,7 @@ impl FakeSlots {
     /// The simulated kernel boot id: changes with every [`simulate_boot`], like
     /// `/proc/sys/kernel/random/boot_id` does with every real boot.
     pub fn boot_id(&self) -> String {
-        format!("fake-boot-{}", read_boots(&self.dir))
+        boot_id_of(&self.dir)
     }
 
     fn change(

@@ -191,6 +191,36 @@ impl UbootSlots {
         &self.config
     }
 
+    /// Writes the boot state with `primary` as the primary slot, plus the boot counter and
+    /// `altbootcmd` the script would add on its first boot, in one transaction (image builds).
+    /// Refuses an environment that already holds a valid boot state: provisioning is not a
+    /// repair.
+    pub fn provision(&self, primary: Slot) -> Result<(), AbError> {
+        let env = read_env(&self.config, self.runner.as_ref())?;
+        if BootVars::from_map(&env).is_ok() {
+            return Err(AbError::Unsafe(format!(
+                "{} already holds an lwm2md boot state",
+                self.config.fw_env_config.display()
+            )));
+        }
+        let new = BootVars::new(primary);
+        let mut lines: Vec<(&str, String)> = new.to_pairs().into();
+        lines.extend(uboot_extras(&new));
+        if !env.contains_key("bootlimit") {
+            lines.push(("bootlimit", "1".into()));
+        }
+        if !env.contains_key("altbootcmd") {
+            lines.push(("altbootcmd", ALTBOOTCMD.into()));
+        }
+        setenv(&self.config, self.runner.as_ref(), &lines)?;
+        match self.load() {
+            Ok(now) if now == new => Ok(()),
+            other => Err(AbError::Corrupt(format!(
+                "fw_setenv succeeded but the environment reads back as {other:?}"
+            ))),
+        }
+    }
+
     fn load(&self) -> Result<BootVars, AbError> {
         BootVars::from_map(&read_env(&self.config, self.runner.as_ref())?)
     }

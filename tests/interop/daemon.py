@@ -166,6 +166,9 @@ class Lwm2md:
         self.expect_deregistration = True
         #: Extra environment for the process (e.g. NOTIFY_SOCKET for the systemd tests).
         self.extra_env: dict[str, str] = {}
+        #: Argv prefix the binary runs under (e.g. a mount namespace and chroot, see
+        #: ``loop_machine.py``); it must exec the binary, so the PID and signals stay its own.
+        self.wrapper: list[str] = []
 
     @property
     def server_config(self) -> dict[str, Any]:
@@ -197,6 +200,7 @@ class Lwm2md:
         env.update(self.extra_env)
         with open(self.log_path, "ab") as logfile:
             self.proc = await asyncio.create_subprocess_exec(
+                *self.wrapper,
                 str(self.binary),
                 "--config",
                 str(self.config_path),

@@ -85,6 +85,63 @@ impl Assembled {
     }
 }
 
+/// Opens the boot-loader backend `[update]` names (the daemon and `lwm2md-slots`). A missing
+/// fake machine is created when `create_fake`; GRUB and U-Boot state is never created here
+/// (`lwm2md-slots provision` does that, once, at image build time).
+pub fn open_backend(
+    backend: &UpdateBackend,
+    create_fake: bool,
+) -> Result<Box<dyn BootSlots>, AbError> {
+    Ok(match backend {
+        UpdateBackend::Fake { dir, slot_size } => {
+            if dir.join(fake::STATE_FILE).exists() || !create_fake {
+                Box::new(FakeSlots::open(dir)?)
+            } else {
+                log::info!(
+                    "firmware: creating a fake machine in {} (slots of {slot_size} bytes)",
+                    dir.display()
+                );
+                Box::new(FakeSlots::create(dir, *slot_size, Slot::A)?)
+            }
+        }
+        UpdateBackend::Grub {
+            env_dir,
+            slot_a,
+            slot_b,
+        } => Box::new(grub_backend(env_dir, [slot_a.clone(), slot_b.clone()])),
+        UpdateBackend::Uboot {
+            config,
+            allow_single_env,
+            slot_a,
+            slot_b,
+        } => Box::new(uboot_backend(
+            config,
+            *allow_single_env,
+            [slot_a.clone(), slot_b.clone()],
+        )?),
+    })
+}
+
+/// The GRUB backend on the env directory of `[update]`, with the real tools.
+pub fn grub_backend(env_dir: &Path, devices: [PathBuf; 2]) -> GrubSlots {
+    GrubSlots::new(
+        GrubConfig::new(env_dir.to_path_buf(), devices),
+        Box::new(SystemRunner),
+    )
+}
+
+/// The U-Boot backend on the `fw_env.config` of `[update]`, with the real tools.
+pub fn uboot_backend(
+    fw_env_config: &Path,
+    allow_single_env: bool,
+    devices: [PathBuf; 2],
+) -> Result<UbootSlots, AbError> {
+    let mut cfg = UbootConfig::new(devices);
+    cfg.fw_env_config = fw_env_config.to_path_buf();
+    cfg.allow_single_env = allow_single_env;
+    UbootSlots::new(cfg, Box::new(SystemRunner))
+}
+
 /// Opens the backend and gathers the rest. `restart` is raised by a fake backend's reboot.
 pub fn assemble(
     update: &UpdateSettings,
@@ -93,52 +150,18 @@ pub fn assemble(
     store: &Store,
     restart: Arc<Notify>,
 ) -> Result<Assembled, AssembleError> {
-    let (slots, boot_id, reboot): (Box<dyn BootSlots>, String, Reboot) = match &update.backend {
-        UpdateBackend::Fake { dir, slot_size } => {
-            let fake = if dir.join(fake::STATE_FILE).exists() {
-                FakeSlots::open(dir)?
-            } else {
-                log::info!(
-                    "firmware: creating a fake machine in {} (slots of {slot_size} bytes)",
-                    dir.display()
-                );
-                FakeSlots::create(dir, *slot_size, Slot::A)?
-            };
-            let boot_id = fake.boot_id();
+    let slots = open_backend(&update.backend, true)?;
+    let (boot_id, reboot) = match &update.backend {
+        UpdateBackend::Fake { dir, .. } => {
+            let boot_id = fake::boot_id_of(dir);
             let reboot = Reboot::Fake {
                 dir: dir.clone(),
                 restart,
             };
-            (Box::new(fake), boot_id, reboot)
+            (boot_id, reboot)
         }
-        UpdateBackend::Grub {
-            env_dir,
-            slot_a,
-            slot_b,
-        } => {
-            let config = GrubConfig::new(env_dir.clone(), [slot_a.clone(), slot_b.clone()]);
-            let slots = GrubSlots::new(config, Box::new(SystemRunner));
-            (
-                Box::new(slots),
-                kernel_boot_id()?,
-                Reboot::System(Box::new(device.clone())),
-            )
-        }
-        UpdateBackend::Uboot {
-            config,
-            allow_single_env,
-            slot_a,
-            slot_b,
-        } => {
-            let mut cfg = UbootConfig::new([slot_a.clone(), slot_b.clone()]);
-            cfg.fw_env_config = config.clone();
-            cfg.allow_single_env = *allow_single_env;
-            let slots = UbootSlots::new(cfg, Box::new(SystemRunner))?;
-            (
-                Box::new(slots),
-                kernel_boot_id()?,
-                Reboot::System(Box::new(device.clone())),
-            )
+        UpdateBackend::Grub { .. } | UpdateBackend::Uboot { .. } => {
+            (kernel_boot_id()?, Reboot::System(Box::new(device.clone())))
         }
     };
     // Fail now, not in the middle of an update: the running slot and the boot state must be
