@@ -638,6 +638,10 @@ impl Fota {
             },
             unix,
         );
+        // The boot loader only cleared the trial: the slot whose image failed would otherwise
+        // stay bootable, where a failed health gate (`revert`) leaves it unbootable. Same end
+        // state on both paths; Execute Update arms it again (`set_trial` clears the mark).
+        self.push_plan(Item::Step(FwStep::MarkBad { slot: target }));
     }
 
     /// Waits for the health gate of the trial boot.
@@ -1575,6 +1579,17 @@ mod tests {
             "ETS int-779: Downloaded, result 8"
         );
         assert_eq!(h.model.primary, Slot::A);
+        assert!(
+            h.model.bad[idx(Slot::B)],
+            "the failed slot is unbootable, as after a failed health gate"
+        );
+        // The server may try again: Execute Update arms the same image.
+        assert_eq!(h.fota.update(0), Ok(Reply::Hold));
+        while !h.reboot_requested {
+            assert!(h.step());
+        }
+        assert!(!h.model.bad[idx(Slot::B)], "armed again");
+        assert_eq!(h.model.trial, Some(Slot::B));
     }
 
     #[test]

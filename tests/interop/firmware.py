@@ -308,8 +308,10 @@ class RangeServer:
 
     SCRIPT = REPO_ROOT / "tests" / "download" / "range_server.py"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None):
+        """``tls``: (certificate chain, key) PEM files: serve https:// for host ``localhost``."""
         self.root = root
+        self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.requests: list[dict] = []
@@ -317,8 +319,9 @@ class RangeServer:
 
     async def start(self) -> "RangeServer":
         self.root.mkdir(parents=True, exist_ok=True)
+        tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(self.SCRIPT), "--root", str(self.root),
+            sys.executable, str(self.SCRIPT), "--root", str(self.root), *tls,
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
         )
         line = await asyncio.wait_for(self.proc.stdout.readline(), 10)
@@ -332,7 +335,8 @@ class RangeServer:
             self.requests.append(json.loads(line))
 
     def uri(self, name: str, query: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/files/{name}" + (f"?{query}" if query else "")
+        base = f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
+        return f"{base}/files/{name}" + (f"?{query}" if query else "")
 
     async def stop(self) -> None:
         if self.proc and self.proc.returncode is None:

@@ -338,6 +338,23 @@ class LoopMachine:
         copy = 1 if lock2 != "0" else (2 if lock1 != "0" else 1)
         return {**listing(f"env{copy}"), "copy": str(copy), "lock1": lock1, "lock2": lock2}
 
+    def settled_env(self) -> dict[str, str] | None:
+        """:meth:`env` if no transaction is under way (both locks 0, both copies alike), else
+        None (also when a file is being rewritten at this moment)."""
+        try:
+            env = self.env()
+            other = self.env_copy(2 if env["copy"] == "1" else 1)
+        except AssertionError:  # grub-editenv: invalid environment block (mid-write)
+            return None
+        mine = {k: v for k, v in env.items() if k.startswith("lwm2md_")}
+        if env["lock1"] != "0" or env["lock2"] != "0" or other != mine:
+            return None
+        return env
+
+    def env_copy(self, n: int) -> dict[str, str]:
+        out = run("grub-editenv", self.env_dir / f"env{n}", "list")
+        return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
     def describe(self) -> str:
         lines = [f"devices: {self.devices}", f"booted: {self.booted}"]
         try:

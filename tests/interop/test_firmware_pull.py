@@ -33,6 +33,19 @@ async def http_server(tmp_path):
 
 
 @pytest.fixture
+async def https_server(tmp_path):
+    """The same HTTP server behind TLS, with a certificate for ``localhost`` from a throwaway CA
+    that no system store holds (``https_server.pki.ca_cert``)."""
+    from dtls_front import make_pki
+
+    pki = make_pki(tmp_path / "pki", server_host="localhost")
+    srv = await RangeServer(tmp_path / "www-tls", tls=(pki.server_cert, pki.server_key)).start()
+    srv.pki = pki
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
 async def coap_server(tmp_path):
     srv = await LibcoapServer(tmp_path / "coap").start()
     yield srv
@@ -77,6 +90,40 @@ async def test_pull_http(fw_daemon, server, signer, http_server, tmp_path):
     await pull_and_commit(server, fw_daemon, uri, image, "2.2.0")
     gets = [r for r in http_server.requests if r["path"].startswith("/files/fw.pkg")]
     assert [(r["status"], r["range"]) for r in gets] == [(200, None)], gets
+
+
+async def test_pull_https_with_the_configured_ca(fw_unstarted, server, signer, https_server,
+                                                 tmp_path):
+    """https:// from a server whose CA is trusted only through ``[update] ca_file`` (rustls,
+    certificate and host name checked) → Downloaded → Update → reboot → commit."""
+    fw_unstarted.config["update"]["ca_file"] = str(https_server.pki.ca_cert)
+    await start_registered(fw_unstarted)
+    image = make_image(tmp_path / "image.bin", IMAGE_SIZE, seed=14)
+    make_package(signer, tmp_path / "image.bin", https_server.root / "fw.pkg", version="2.4.0")
+    uri = https_server.uri("fw.pkg")
+    assert uri.startswith("https://localhost:"), uri
+    await pull_and_commit(server, fw_unstarted, uri, image, "2.4.0")
+    gets = [r for r in https_server.requests if r["path"].startswith("/files/fw.pkg")]
+    assert [(r["status"], r["range"]) for r in gets] == [(200, None)], gets
+
+
+async def test_pull_https_from_an_untrusted_server(fw_daemon, server, signer, https_server,
+                                                   tmp_path):
+    """The same server without ``ca_file``: its certificate chains to no trusted CA, so the
+    pull fails at the handshake (Result 4, no retry, the reason logged), nothing is fetched or
+    written, and the daemon keeps serving."""
+    make_image(tmp_path / "image.bin", IMAGE_SIZE, seed=15)
+    make_package(signer, tmp_path / "image.bin", https_server.root / "fw.pkg", version="2.5.0")
+    client = server.client(fw_daemon.endpoint)
+    before = snapshot(fw_daemon)
+    await write_uri(client, https_server.uri("fw.pkg"))
+    await wait_resource(client, RESULT, R_CONNECTION_LOST, daemon=fw_daemon)
+    assert await read_int(client, STATE) == IDLE
+    assert "certificate" in fw_daemon.log_text().lower(), fw_daemon.log_text()[-2000:]
+    assert https_server.requests == [], "no request may go out over an untrusted connection"
+    assert snapshot(fw_daemon) == before
+    assert slot_bytes(fw_daemon, "B", IMAGE_SIZE) == bytes(IMAGE_SIZE)
+    await assert_still_serving(client)
 
 
 async def test_pull_refused_package(fw_daemon, server, signer, http_server, tmp_path):

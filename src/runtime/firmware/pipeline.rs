@@ -332,6 +332,7 @@ fn verify_stream(
         since: 0,
         digest: None,
         payload_start: 0,
+        chunks: 0,
     };
     while let Some(piece) = rx.blocking_recv() {
         if sink.digest.is_none()
@@ -339,6 +340,7 @@ fn verify_stream(
         {
             sink.digest = Some(manifest_digest(m));
             sink.payload_start = start;
+            sink.chunks = m.chunk_count();
         }
         if let Err(e) = reader.feed(&piece, &mut sink) {
             log::warn!("firmware: package refused: {e}");
@@ -355,10 +357,11 @@ fn verify_stream(
             },
         );
     }
+    // The checkpoint is not cleared here: the next thing written is the journal's Downloaded,
+    // after which no resume happens, and the next transfer clears it when it starts
+    // (`Pipeline::open`). Clearing it cost one more fsync-rename-fsync while the server waits
+    // for State 2.
     let outcome = finish(&mut reader, &mut sink.writer);
-    if matches!(outcome, FwOutcome::Downloaded { .. }) {
-        clear_checkpoint(&sink.store);
-    }
     (sink.writer, outcome)
 }
 
@@ -372,6 +375,8 @@ struct Checkpointing {
     since: u64,
     digest: Option<[u8; 32]>,
     payload_start: u64,
+    /// The package's chunk count (from the manifest, at `begin`).
+    chunks: u32,
 }
 
 impl ImageSink for Checkpointing {
@@ -385,13 +390,19 @@ impl ImageSink for Checkpointing {
         // accepts a manifest whose deterministic re-encoding equals the received bytes, so the
         // encoded length is the length on the wire.
         self.payload_start = (HEADER_LEN + SIGNATURE_LEN + encoded.len()) as u64;
+        self.chunks = manifest.chunk_count();
         self.writer.begin(manifest)
     }
 
     fn chunk(&mut self, index: u32, image_offset: u64, data: &[u8]) -> Result<(), PackageError> {
         self.writer.chunk(index, image_offset, data)?;
         self.since += data.len() as u64;
+        // None after the last chunk: the transfer is complete and only `finish` and the
+        // journal's Downloaded remain, so a checkpoint there would be one more
+        // fsync-rename-fsync on the way to State 2 for a resume that cannot be needed (a crash
+        // before Downloaded resumes from the previous checkpoint).
         if self.since >= self.every
+            && index + 1 < self.chunks
             && let Some(digest) = self.digest
         {
             self.since = 0;
@@ -488,6 +499,21 @@ mod tests {
     use crate::update::package::Compression;
     use crate::update::package::testkit;
 
+    /// A checkpointing sink on `slot`, a checkpoint due every 64 KiB.
+    fn checkpointing(slot: &std::path::Path, store: &Arc<Store>) -> Checkpointing {
+        Checkpointing {
+            writer: SlotWriter::open(slot).expect("open"),
+            store: Arc::clone(store),
+            uri: "http://x/p".into(),
+            etag: None,
+            every: 65536,
+            since: 0,
+            digest: None,
+            payload_start: 0,
+            chunks: 0,
+        }
+    }
+
     /// A fresh pull's checkpoint must let a new reader resume: the header range it names
     /// (`0..payload_start`) holds the whole signed manifest, whose digest matches, and the
     /// chunk index is one `skip_to_chunk` accepts. Regression: `payload_start` stayed 0 when the
@@ -502,16 +528,7 @@ mod tests {
         let image = testkit::image(300_000, 7);
         let (pkg, _) = testkit::package(&image, &testkit::options(Compression::Zstd, 65536));
         let mut reader = PackageReader::new(testkit::trusted(), testkit::policy());
-        let mut sink = Checkpointing {
-            writer: SlotWriter::open(&slot).expect("open"),
-            store: Arc::clone(&store),
-            uri: "http://x/p".into(),
-            etag: None,
-            every: 65536,
-            since: 0,
-            digest: None,
-            payload_start: 0,
-        };
+        let mut sink = checkpointing(&slot, &store);
         // Interrupted after most of the package (fed in one piece, as a fast link does).
         let header_len = reader_payload_start(&pkg);
         reader
@@ -542,5 +559,28 @@ mod tests {
     fn reader_payload_start(pkg: &[u8]) -> usize {
         let m = u32::from_be_bytes([pkg[12], pkg[13], pkg[14], pkg[15]]) as usize;
         HEADER_LEN + m + SIGNATURE_LEN
+    }
+
+    /// The last chunk writes no checkpoint: only `finish` and the journal's Downloaded follow,
+    /// and each checkpoint is an fsync-rename-fsync while the server waits for State 2. The
+    /// checkpoint left is the one before, so a crash before Downloaded still resumes.
+    #[test]
+    fn no_checkpoint_after_the_last_chunk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(tmp.path().join("state")).expect("store"));
+        let slot = tmp.path().join("slot.img");
+        std::fs::write(&slot, vec![0u8; 1 << 20]).expect("slot");
+        let image = testkit::image(4 * 65536, 9);
+        let (pkg, _) = testkit::package(&image, &testkit::options(Compression::None, 65536));
+        let mut reader = PackageReader::new(testkit::trusted(), testkit::policy());
+        let mut sink = checkpointing(&slot, &store);
+        reader.feed(&pkg, &mut sink).expect("feed");
+        let outcome = finish(&mut reader, &mut sink.writer);
+        assert!(
+            matches!(outcome, FwOutcome::Downloaded { .. }),
+            "{outcome:?}"
+        );
+        let cp = load_checkpoint(&store).expect("the checkpoint of chunk 2");
+        assert_eq!(cp.chunks_done, 3, "{cp:?}");
     }
 }
