@@ -12,7 +12,7 @@
 //! * `booted`: which slot the simulated machine runs (`A` or `B`), written by
 //!   [`simulate_boot`] and read by [`FakeSlots::booted`];
 //! * `boots`: how many times the machine booted, the simulated kernel boot id
-//!   ([`FakeSlots::boot_id`]) so the daemon can tell a reboot from a restart.
+//!   ([`boot_id_of`]) so the daemon can tell a reboot from a restart.
 //!
 //! A "reboot" in a test or the demo is: stop the daemon, call [`simulate_boot`], start the
 //! daemon again.
@@ -99,7 +99,8 @@ fn read_booted(dir: &Path) -> Result<Slot, AbError> {
     }
 }
 
-/// The simulated kernel boot id of the fake machine in `dir` (see [`FakeSlots::boot_id`]).
+/// The simulated kernel boot id of the fake machine in `dir`: changes with every
+/// [`simulate_boot`], like `/proc/sys/kernel/random/boot_id` does with every real boot.
 pub fn boot_id_of(dir: &Path) -> String {
     format!("fake-boot-{}", read_boots(dir))
 }
@@ -192,12 +193,6 @@ impl FakeSlots {
     /// The fake machine's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The simulated kernel boot id: changes with every [`simulate_boot`], like
-    /// `/proc/sys/kernel/random/boot_id` does with every real boot.
-    pub fn boot_id(&self) -> String {
-        boot_id_of(&self.dir)
     }
 
     fn change(
