@@ -557,7 +557,7 @@ impl SlotOutput {
             0
         };
         let (blocks, rest) = bytes.split_at(whole);
-        let mut buffered = bytes.get(..0).unwrap_or_default();
+        let mut buffered: &[u8] = &[];
         match &self.direct {
             Some(direct) if !blocks.is_empty() => {
                 if let Err(e) = direct.write_all_at(blocks, at) {
