@@ -72,26 +72,59 @@ impl BackgroundSha256 {
     }
 }
 
-impl StreamDigest for BackgroundSha256 {
-    fn update(&mut self, data: &[u8]) {
+impl Running {
+    /// A buffer the thread is done with, or a new empty one.
+    fn spare(&self) -> Vec<u8> {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|spare| spare.try_recv().ok())
+            .unwrap_or_default()
+    }
+
+    fn send(&self, buf: Vec<u8>) {
+        // A thread that died leaves the digest wrong, so the comparison at the end fails: a
+        // refused package, never an accepted one.
+        let _ = self.tx.send(buf);
+    }
+}
+
+impl BackgroundSha256 {
+    fn state(&mut self) -> &mut State {
         if matches!(self.state, State::NotStarted) {
             self.state = Self::spawn();
         }
-        match &mut self.state {
+        &mut self.state
+    }
+}
+
+impl StreamDigest for BackgroundSha256 {
+    fn update(&mut self, data: &[u8]) {
+        match self.state() {
             State::NotStarted => {}
             State::Inline(hash) => hash.update(data),
             State::Thread(running) => {
-                let mut buf = running
-                    .spare
-                    .lock()
-                    .ok()
-                    .and_then(|spare| spare.try_recv().ok())
-                    .unwrap_or_default();
+                let mut buf = running.spare();
                 buf.clear();
                 buf.extend_from_slice(data);
-                // A thread that died leaves the digest wrong, so the comparison at the end
-                // fails: a refused package, never an accepted one.
-                let _ = running.tx.send(buf);
+                running.send(buf);
+            }
+        }
+    }
+
+    fn update_owned(&mut self, data: Vec<u8>) -> Vec<u8> {
+        match self.state() {
+            State::NotStarted => data,
+            State::Inline(hash) => {
+                hash.update(&data);
+                data
+            }
+            State::Thread(running) => {
+                // Taken first: the thread may be done with one already, and `data` is queued
+                // behind it.
+                let spare = running.spare();
+                running.send(data);
+                spare
             }
         }
     }
@@ -124,6 +157,15 @@ mod tests {
                 h.update(p);
             }
             assert_eq!(h.finish(), expected, "pieces of {piece}");
+            // Handed over by ownership, with the returned buffers reused (stale contents).
+            let mut h: Box<dyn StreamDigest> = Box::new(BackgroundSha256::start());
+            let mut buf = Vec::new();
+            for p in data.chunks(piece) {
+                buf.clear();
+                buf.extend_from_slice(p);
+                buf = h.update_owned(buf);
+            }
+            assert_eq!(h.finish(), expected, "owned pieces of {piece}");
         }
         let empty: Box<dyn StreamDigest> = Box::new(BackgroundSha256::start());
         assert_eq!(empty.finish(), <[u8; 32]>::from(sha2::Sha256::digest(b"")));

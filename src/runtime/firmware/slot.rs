@@ -392,7 +392,7 @@ impl Follower {
         let dropped = Arc::new(AtomicBool::new(false));
         let reading = {
             let failed = Arc::clone(&failed);
-            super::background::spawn("lwm2md-readback", move || {
+            super::background::spawn_io("lwm2md-readback", move || {
                 for region in read_rx {
                     if failed.lock().map_or(true, |f| f.is_some()) {
                         continue;
@@ -405,7 +405,7 @@ impl Follower {
         };
         let thread = {
             let (failed, dropped) = (Arc::clone(&failed), Arc::clone(&dropped));
-            super::background::spawn("lwm2md-slotwrite", move || {
+            super::background::spawn_io("lwm2md-slotwrite", move || {
                 follow(&rx, &back, &read_tx, &mut out, &failed, &dropped);
                 drop(read_tx);
                 if reading.join().is_err() {

@@ -15,6 +15,13 @@ use ring::digest::{Context, SHA256};
 pub trait StreamDigest: Send + Sync + std::fmt::Debug {
     /// Hashes more bytes.
     fn update(&mut self, data: &[u8]);
+    /// Hashes the bytes in `data`, which it may keep; returns a buffer for the caller to reuse
+    /// (`data` itself, or an earlier one; its contents are stale). For digests that work
+    /// elsewhere, this saves the copy `update` has to make.
+    fn update_owned(&mut self, data: Vec<u8>) -> Vec<u8> {
+        self.update(&data);
+        data
+    }
     /// The digest of everything given.
     fn finish(self: Box<Self>) -> [u8; 32];
 }

@@ -187,10 +187,10 @@ impl WholeHashes {
         }
     }
 
-    fn update(&mut self, compression: Compression, stored: &[u8], image: &[u8]) {
+    /// The image bytes of the next chunk.
+    fn update_image(&mut self, compression: Compression, image: &[u8]) {
         // Uncompressed, payload and image are the same bytes (the manifest check guarantees
-        // equal hashes): hash them once, as the payload.
-        self.payload.update(stored);
+        // equal hashes): they are hashed once, as the payload.
         if compression != Compression::None
             && let Some(h) = &mut self.image
         {
@@ -583,6 +583,9 @@ impl PackageReader {
         {
             // The whole chunk is in this piece: verify it in place, no copy.
             self.process_chunk(whole, sink)?;
+            if let Some(h) = &mut self.hashes {
+                h.payload.update(whole);
+            }
             return Ok(need);
         }
         if self.buf.is_empty() {
@@ -594,15 +597,20 @@ impl PackageReader {
         if self.buf.len() == need {
             let chunk = std::mem::take(&mut self.buf);
             let result = self.process_chunk(&chunk, sink);
-            // Keep the allocation for the next chunk.
-            self.buf = chunk;
+            // The collected chunk is handed to the payload hash as it is (a background one
+            // takes it without a copy); the buffer that comes back collects the next chunk.
+            self.buf = match (&result, &mut self.hashes) {
+                (Ok(()), Some(h)) => h.payload.update_owned(chunk),
+                _ => chunk,
+            };
             self.buf.clear();
             result?;
         }
         Ok(used)
     }
 
-    /// One complete chunk: hash, decompress, size, running hashes, then the sink.
+    /// One complete chunk: hash, decompress, size, image hash, then the sink. The caller adds
+    /// the chunk to the whole-payload hash after it was accepted.
     fn process_chunk(
         &mut self,
         stored: &[u8],
@@ -631,7 +639,7 @@ impl PackageReader {
             .inflate(manifest.compression, stored, expected, manifest.chunk_size)
             .map_err(|reason| PackageError::Decompress { index, reason })?;
         if let Some(h) = hashes {
-            h.update(manifest.compression, stored, image);
+            h.update_image(manifest.compression, image);
         }
         sink.chunk(index, manifest.chunk_image_offset(index), image)?;
         *next_chunk = index + 1;

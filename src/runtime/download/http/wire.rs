@@ -316,6 +316,24 @@ impl Framing {
         }
     }
 
+    /// How many more body bytes may be read with no framing bytes among them: `Some` for a
+    /// length-framed body (what is left) and an until-close one (unbounded), whose raw bytes
+    /// are the body; `None` for chunked (and empty) bodies, which go through [`decode`](Self::decode).
+    pub(super) fn unframed_room(&self) -> Option<u64> {
+        match self {
+            Self::Length(left) if *left > 0 => Some(*left),
+            Self::UntilClose => Some(u64::MAX),
+            Self::Empty | Self::Length(_) | Self::Chunked(_) => None,
+        }
+    }
+
+    /// Accounts for `n` body bytes read directly (see [`unframed_room`](Self::unframed_room)).
+    pub(super) fn consumed_unframed(&mut self, n: u64) {
+        if let Self::Length(left) = self {
+            *left = left.saturating_sub(n);
+        }
+    }
+
     /// True when the body is complete (nothing more to read).
     pub(super) fn is_complete(&self) -> bool {
         match self {
