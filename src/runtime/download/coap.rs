@@ -18,7 +18,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use super::retry::Retry;
 use super::sink::Delivery;
@@ -317,17 +318,39 @@ struct Lost {
 }
 
 /// The datagram socket of a link: plain UDP, or a DTLS association for `coaps://`.
+///
+/// Plain UDP is watched for readability only. Why not tokio's `UdpSocket`: it registers for
+/// writability too, and on loopback every sent datagram is followed by a write-space edge, so
+/// each block request woke the runtime once for nothing before its response arrived (one more
+/// `epoll_wait` per block than libcoap's client). A UDP send does not wait for buffer space
+/// anyway: one that finds the buffer full is a lost datagram, which the endpoint retransmits.
 #[derive(Debug)]
 enum Socket {
-    Udp(UdpSocket),
+    Udp(AsyncFd<std::net::UdpSocket>),
     /// Boxed: an association is large, and a link holds one or the other.
     Dtls(Box<DtlsSession>),
+}
+
+/// Registers `socket` with the runtime for readability only.
+///
+/// `AsyncFd::with_interest` is deprecated because a generic `T` may return a different (or a
+/// closed) descriptor from `as_raw_fd` during the registration's lifetime, which the `unsafe`
+/// replacement makes the caller promise not to do. A `std::net::UdpSocket` owns its descriptor
+/// and always returns that one, so the promise holds; the crate forbids `unsafe`, so the
+/// deprecated safe form is used.
+#[allow(deprecated)]
+fn watch_readable(socket: std::net::UdpSocket) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    AsyncFd::with_interest(socket, Interest::READABLE)
 }
 
 impl Socket {
     async fn send(&self, data: &[u8]) -> Result<(), String> {
         match self {
-            Self::Udp(s) => s.send(data).await.map(|_| ()).map_err(|e| e.to_string()),
+            Self::Udp(s) => s
+                .get_ref()
+                .send(data)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Self::Dtls(s) => s.send(data).await.map_err(|e| e.to_string()),
         }
     }
@@ -336,7 +359,10 @@ impl Socket {
     /// lost DTLS association: the next attempt needs a new handshake).
     async fn recv(&self, buf: &mut [u8]) -> Result<usize, (String, bool)> {
         match self {
-            Self::Udp(s) => s.recv(buf).await.map_err(|e| (e.to_string(), false)),
+            Self::Udp(s) => s
+                .async_io(Interest::READABLE, |socket| socket.recv(buf))
+                .await
+                .map_err(|e| (e.to_string(), false)),
             Self::Dtls(s) => s.recv(buf).await.map_err(|e| (e.to_string(), true)),
         }
     }
@@ -349,6 +375,47 @@ struct Link {
     endpoint: Endpoint,
     requests: u32,
     buf: Vec<u8>,
+    /// The wake-up for the endpoint's timers and the patience, kept across exchanges (see
+    /// `exchange`).
+    alarm: Alarm,
+}
+
+/// A sleep that is only moved earlier, or re-armed once it went off.
+///
+/// Why: tokio's timer wakes its own driver (a write to its eventfd, then a spurious return
+/// from `epoll_wait` and a failed `recvfrom`) whenever a timer is set earlier than the earliest
+/// one it knows. A new sleep per block request, at the retransmission timer's random 2–3 s,
+/// did that for about half of the blocks of a CoAP pull. Waking up early is harmless (the
+/// endpoint's timers are checked, nothing is due, the alarm is re-armed), so the alarm stays at
+/// the earliest deadline asked for until it goes off: about one re-arm per ACK_TIMEOUT.
+#[derive(Debug)]
+struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `sleep` is set to; `None` once it went off.
+    armed: Option<tokio::time::Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            armed: None,
+        }
+    }
+
+    /// Makes sure the alarm goes off at `wake` or earlier.
+    fn at_or_before(&mut self, wake: tokio::time::Instant) {
+        if self.armed.is_none_or(|armed| wake < armed) {
+            self.sleep.as_mut().reset(wake);
+            self.armed = Some(wake);
+        }
+    }
+
+    /// Goes off at the deadline set last.
+    async fn ring(&mut self) {
+        (&mut self.sleep).await;
+        self.armed = None;
+    }
 }
 
 impl Link {
@@ -383,6 +450,7 @@ impl Link {
                 endpoint: Endpoint::new(config.coap.clone(), seed),
                 requests: 0,
                 buf: vec![0; MAX_DATAGRAM],
+                alarm: Alarm::new(),
             });
         }
         let local: SocketAddr = if remote.is_ipv6() {
@@ -390,20 +458,23 @@ impl Link {
         } else {
             SocketAddr::from(([0u8; 4], 0))
         };
-        let socket = UdpSocket::bind(local)
-            .await
-            .map_err(|e| lost(format!("bind: {e}")))?;
+        // Binding and connecting a UDP socket never wait (connect only sets the peer).
+        let socket = std::net::UdpSocket::bind(local).map_err(|e| lost(format!("bind: {e}")))?;
         // Connected: only the server's datagrams reach us, and ICMP errors are reported.
         socket
             .connect(remote)
-            .await
             .map_err(|e| lost(format!("connect to {remote}: {e}")))?;
         log::debug!("download: coap socket {:?} → {remote}", socket.local_addr());
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| watch_readable(socket))
+            .map_err(|e| lost(format!("socket: {e}")))?;
         Ok(Self {
             socket: Socket::Udp(socket),
             endpoint: Endpoint::new(config.coap.clone(), seed),
             requests: 0,
             buf: vec![0; MAX_DATAGRAM],
+            alarm: Alarm::new(),
         })
     }
 
@@ -470,7 +541,8 @@ impl Link {
                 .endpoint
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std);
-            let wake = timer.map_or(give_up, |t| t.min(give_up));
+            self.alarm
+                .at_or_before(timer.map_or(give_up, |t| t.min(give_up)));
             tokio::select! {
                 received = self.socket.recv(&mut self.buf) => match received {
                     Ok(n) => {
@@ -488,7 +560,7 @@ impl Link {
                     // endpoint's retransmission decides when to give up.
                     Err((e, false)) => log::debug!("download: coap receive: {e}"),
                 },
-                () = tokio::time::sleep_until(wake) => {
+                () = self.alarm.ring() => {
                     if tokio::time::Instant::now() >= give_up {
                         self.endpoint.cancel(id);
                         return Err(Lost {
@@ -506,6 +578,35 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_alarm_keeps_the_earliest_deadline_until_it_goes_off() {
+        use tokio::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut alarm = Alarm::new();
+        alarm.at_or_before(start + Duration::from_millis(30));
+        // A later deadline does not postpone it ...
+        alarm.at_or_before(start + Duration::from_secs(60));
+        tokio::time::timeout(Duration::from_secs(5), alarm.ring())
+            .await
+            .expect("rings at the earlier deadline");
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        // ... once it went off, the next deadline arms it again, and an earlier one moves it.
+        let again = Instant::now();
+        alarm.at_or_before(again + Duration::from_secs(60));
+        alarm.at_or_before(again + Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(5), alarm.ring())
+            .await
+            .expect("moved earlier");
+        assert!(again.elapsed() >= Duration::from_millis(20));
+        alarm.at_or_before(Instant::now() + Duration::from_secs(60));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), alarm.ring())
+                .await
+                .is_err(),
+            "re-armed for later, not left ringing"
+        );
+    }
 
     #[test]
     fn uri_to_options() {
