@@ -404,6 +404,70 @@ class LibcoapServer:
             await self.proc.wait()
 
 
+class SlowCoapRelay:
+    """A UDP relay in front of a CoAP server that holds every request for ``delay`` seconds (so
+    a loopback pull takes long enough to be interrupted) and records the Block2 number each
+    request asks for, decoded with aiocoap (``requests``: (client address, block number)). Each
+    client address gets its own upstream socket, so a restarted daemon is a new client to the
+    server, as over a real network."""
+
+    def __init__(self, target_port: int, delay: float):
+        self.target_port, self.delay = target_port, delay
+        self.port = 0
+        self.requests: list[tuple[tuple, int]] = []
+        self._front = None
+        self._upstreams: dict = {}
+
+    async def start(self) -> "SlowCoapRelay":
+        relay, loop = self, asyncio.get_running_loop()
+
+        class Front(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                relay._record(data, addr)
+                loop.call_later(
+                    relay.delay, lambda: asyncio.ensure_future(relay._forward(data, addr))
+                )
+
+        self._front, _ = await loop.create_datagram_endpoint(Front, local_addr=("127.0.0.1", 0))
+        self.port = self._front.get_extra_info("sockname")[1]
+        return self
+
+    def _record(self, data: bytes, addr) -> None:
+        from aiocoap import Message
+        from aiocoap.numbers.codes import Code
+
+        try:
+            msg = Message.decode(data)
+        except Exception:  # noqa: BLE001 - not CoAP: nothing to record
+            return
+        if msg.code == Code.GET:
+            block = msg.opt.block2
+            self.requests.append((addr, block.block_number if block else 0))
+
+    async def _forward(self, data: bytes, addr) -> None:
+        up = self._upstreams.get(addr)
+        if up is None:
+            relay = self
+
+            class Back(asyncio.DatagramProtocol):
+                def datagram_received(self, d, _):
+                    relay._front.sendto(d, addr)
+
+            up, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                Back, remote_addr=("127.0.0.1", self.target_port)
+            )
+            self._upstreams[addr] = up
+        up.sendto(data)
+
+    def uri(self, name: str) -> str:
+        return f"coap://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        for t in [self._front, *self._upstreams.values()]:
+            if t is not None:
+                t.close()
+
+
 # ----- common procedures -----
 
 

@@ -15,7 +15,7 @@ import pytest
 from firmware import (
     DOWNLOADED, DOWNLOADING, IDLE, R_CANCELLED, R_CONNECTION_LOST, R_INITIAL, R_INTEGRITY,
     R_INVALID_URI, R_UNSUPPORTED_PROTOCOL, RESULT, STATE, URI, VERSION, LibcoapServer,
-    RangeServer, assert_runs, boot_state, flip, free_port, journal, kill9, make_image,
+    RangeServer, SlowCoapRelay, assert_runs, boot_state, flip, free_port, journal, kill9, make_image,
     make_package, payload_start, power_cycle, push_ok, read_int, read_str, slot_bytes,
     snapshot, start_registered, update_and_commit, wait_log, wait_resource,
 )
@@ -276,3 +276,65 @@ async def test_pull_resumes_after_kill(power_cut, fw_daemon, server, signer, htt
     assert all(r["status"] == 206 for r in after), after
     assert all(r["if_match"] for r in after[1:]), after  # the ETag of the first transfer
     await update_and_commit(server, fw_daemon, "3.0.0", "B")
+
+
+@pytest.mark.lwm2md_config({"update": {"checkpoint_bytes": 65536, "download_idle_timeout": 5}})
+@pytest.mark.parametrize("power_cut", [False, True], ids=["crash", "power-cut"])
+async def test_pull_coap_resumes_after_kill(power_cut, fw_daemon, server, signer, coap_server,
+                                            tmp_path):
+    """kill -9 in the middle of a CoAP pull from libcoap (slowed down by a relay that holds
+    every request 2 ms), for a power cut with the boot loader run: the restarted daemon, a new
+    client to the server (new source port), fetches the signed header again from block 0, then
+    continues from the block of its last checkpoint, not from the start; the slot ends
+    byte-exact and the update commits."""
+    size = 3 << 20
+    image = make_image(tmp_path / "image.bin", size, seed=16)
+    pkg = make_package(signer, tmp_path / "image.bin", tmp_path / "big.pkg",
+                       version="3.1.0", compression="none")
+    start = payload_start(pkg)
+    await coap_server.put("big.pkg", pkg)
+    relay = await SlowCoapRelay(coap_server.port, delay=0.002).start()
+    try:
+        client = server.client(fw_daemon.endpoint)
+        await write_uri(client, relay.uri("big.pkg"))
+        checkpoint = fw_daemon.state_dir / "firmware-download.json"
+        done = 0
+        for _ in range(400):
+            await asyncio.sleep(0.05)
+            try:
+                done = (json.loads(checkpoint.read_text())["data"] or {}).get("chunks_done", 0)
+            except (FileNotFoundError, ValueError):
+                continue
+            if done >= 8:
+                break
+        total_blocks = -(-len(pkg) // 1024)
+        assert 8 <= done < 40, f"checkpoint at chunk {done}\n{fw_daemon.log_text()[-3000:]}"
+        await kill9(fw_daemon)
+        assert journal(fw_daemon)["phase"] == {"phase": "Downloading", "target": "B", "pull": True}
+        if power_cut:
+            assert power_cycle(fw_daemon) == "A"
+        seen = len(relay.requests)
+        mark = len(fw_daemon.log_text())
+        await start_registered(fw_daemon)
+        client = server.client(fw_daemon.endpoint)
+        await wait_resource(client, STATE, DOWNLOADED, timeout=60, daemon=fw_daemon)
+        await wait_log(fw_daemon, "resuming", start=mark)
+        assert slot_bytes(fw_daemon, "B", size) == image
+        assert await read_int(client, RESULT) == R_INITIAL
+        after = relay.requests[seen:]
+        clients_before = {addr for addr, _ in relay.requests[:seen]}
+        assert not clients_before & {addr for addr, _ in after}, "the restart kept its port?"
+        blocks = [num for _, num in after]
+        # The header again, from block 0 up to the block holding its last byte ...
+        header_end = (start - 1) // 1024
+        # (A retransmitted request repeats its block number: compare without repeats.)
+        blocks = [b for i, b in enumerate(blocks) if i == 0 or b != blocks[i - 1]]
+        assert blocks[: header_end + 1] == list(range(header_end + 1)), blocks[:40]
+        # ... then the block holding the byte before the checkpoint's chunk boundary (at least
+        # the 8th chunk of 64 KiB; uncompressed, so a chunk is 64 KiB of the package), and on.
+        resumed = blocks[header_end + 1]
+        assert resumed >= (start + 8 * 65536 - 1) // 1024, (resumed, blocks[:40])
+        assert blocks[header_end + 1 :] == list(range(resumed, total_blocks)), "in order, once"
+    finally:
+        relay.stop()
+    await update_and_commit(server, fw_daemon, "3.1.0", "B")
