@@ -227,6 +227,39 @@ async def test_cancel_running_pull(how, fw_daemon, server, signer, http_server, 
     await update_and_commit(server, fw_daemon, "2.4.0", "B")
 
 
+async def kill_mid_pull(daemon, power_cut: bool, *, polls: int, most: int) -> None:
+    """Waits (up to ``polls`` × 50 ms) until the running pull's checkpoint covers at least 8
+    chunks (and fewer than ``most``), then kill -9; for a power cut the boot loader runs too.
+    The kill must land mid-transfer."""
+    checkpoint = daemon.state_dir / "firmware-download.json"
+    done = 0
+    for _ in range(polls):
+        await asyncio.sleep(0.05)
+        try:
+            done = (json.loads(checkpoint.read_text())["data"] or {}).get("chunks_done", 0)
+        except (FileNotFoundError, ValueError):
+            continue
+        if done >= 8:
+            break
+    assert 8 <= done < most, f"checkpoint at chunk {done}\n{daemon.log_text()[-3000:]}"
+    await kill9(daemon)
+    assert journal(daemon)["phase"] == {"phase": "Downloading", "target": "B", "pull": True}
+    if power_cut:
+        assert power_cycle(daemon) == "A"
+
+
+async def restart_until_downloaded(server, daemon, image: bytes, *, timeout: float) -> None:
+    """Starts the killed daemon again: it resumes the pull (it says so) and ends Downloaded
+    with ``image`` in slot B and no error result."""
+    mark = len(daemon.log_text())
+    await start_registered(daemon)
+    client = server.client(daemon.endpoint)
+    await wait_resource(client, STATE, DOWNLOADED, timeout=timeout, daemon=daemon)
+    await wait_log(daemon, "resuming", start=mark)
+    assert slot_bytes(daemon, "B", len(image)) == image
+    assert await read_int(client, RESULT) == R_INITIAL
+
+
 @pytest.mark.lwm2md_config({"update": {"checkpoint_bytes": 65536, "download_idle_timeout": 5}})
 @pytest.mark.parametrize("power_cut", [False, True], ids=["crash", "power-cut"])
 async def test_pull_resumes_after_kill(power_cut, fw_daemon, server, signer, http_server,
@@ -243,30 +276,9 @@ async def test_pull_resumes_after_kill(power_cut, fw_daemon, server, signer, htt
     uri = http_server.uri("big.pkg", "rate=1500000")
     client = server.client(fw_daemon.endpoint)
     await write_uri(client, uri)
-    checkpoint = fw_daemon.state_dir / "firmware-download.json"
-    done = 0
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        try:
-            done = (json.loads(checkpoint.read_text())["data"] or {}).get("chunks_done", 0)
-        except (FileNotFoundError, ValueError):
-            continue
-        if done >= 8:
-            break
-    assert 8 <= done < 48, f"checkpoint at chunk {done}\n{fw_daemon.log_text()[-3000:]}"
-    await kill9(fw_daemon)
-    # The kill landed mid-transfer.
-    assert journal(fw_daemon)["phase"] == {"phase": "Downloading", "target": "B", "pull": True}
-    if power_cut:
-        assert power_cycle(fw_daemon) == "A"
+    await kill_mid_pull(fw_daemon, power_cut, polls=200, most=48)
     seen = len(http_server.requests)
-    mark = len(fw_daemon.log_text())
-    await start_registered(fw_daemon)
-    client = server.client(fw_daemon.endpoint)
-    await wait_resource(client, STATE, DOWNLOADED, timeout=30, daemon=fw_daemon)
-    await wait_log(fw_daemon, "resuming", start=mark)
-    assert slot_bytes(fw_daemon, "B", size) == image
-    assert await read_int(client, RESULT) == R_INITIAL
+    await restart_until_downloaded(server, fw_daemon, image, timeout=30)
     after = [r for r in http_server.requests[seen:] if r["path"].startswith("/files/big.pkg")]
     ranges = [r["range"] for r in after]
     assert ranges[0] == f"bytes=0-{start - 1}", ranges
@@ -297,30 +309,10 @@ async def test_pull_coap_resumes_after_kill(power_cut, fw_daemon, server, signer
     try:
         client = server.client(fw_daemon.endpoint)
         await write_uri(client, relay.uri("big.pkg"))
-        checkpoint = fw_daemon.state_dir / "firmware-download.json"
-        done = 0
-        for _ in range(400):
-            await asyncio.sleep(0.05)
-            try:
-                done = (json.loads(checkpoint.read_text())["data"] or {}).get("chunks_done", 0)
-            except (FileNotFoundError, ValueError):
-                continue
-            if done >= 8:
-                break
+        await kill_mid_pull(fw_daemon, power_cut, polls=400, most=40)
         total_blocks = -(-len(pkg) // 1024)
-        assert 8 <= done < 40, f"checkpoint at chunk {done}\n{fw_daemon.log_text()[-3000:]}"
-        await kill9(fw_daemon)
-        assert journal(fw_daemon)["phase"] == {"phase": "Downloading", "target": "B", "pull": True}
-        if power_cut:
-            assert power_cycle(fw_daemon) == "A"
         seen = len(relay.requests)
-        mark = len(fw_daemon.log_text())
-        await start_registered(fw_daemon)
-        client = server.client(fw_daemon.endpoint)
-        await wait_resource(client, STATE, DOWNLOADED, timeout=60, daemon=fw_daemon)
-        await wait_log(fw_daemon, "resuming", start=mark)
-        assert slot_bytes(fw_daemon, "B", size) == image
-        assert await read_int(client, RESULT) == R_INITIAL
+        await restart_until_downloaded(server, fw_daemon, image, timeout=60)
         after = relay.requests[seen:]
         clients_before = {addr for addr, _ in relay.requests[:seen]}
         assert not clients_before & {addr for addr, _ in after}, "the restart kept its port?"

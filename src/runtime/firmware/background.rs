@@ -21,13 +21,9 @@ use thread_priority::{
     set_thread_priority_and_policy, thread_native_id,
 };
 
-/// Lowers the calling thread to background priority (call at the start of a bulk-work thread;
-/// a thread cannot raise itself back without privileges). Best effort: where the system
-/// refuses, the thread keeps its priority and only latency suffers.
-pub fn lower_this_thread() {
-    lower(NormalThreadSchedulePolicy::Batch);
-}
-
+/// Moves the calling thread to the lowest niceness with `policy` (a thread cannot raise itself
+/// back without privileges, but may switch between the normal policies). Best effort: where
+/// the system refuses, the thread keeps its priority and only latency suffers.
 fn lower(policy: NormalThreadSchedulePolicy) {
     if let Err(e) = set_thread_priority_and_policy(
         thread_native_id(),

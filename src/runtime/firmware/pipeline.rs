@@ -499,6 +499,16 @@ mod tests {
     use crate::update::package::Compression;
     use crate::update::package::testkit;
 
+    /// A state store and a zeroed 1 MiB slot file in a fresh directory (kept while the first
+    /// value lives).
+    fn store_and_slot() -> (tempfile::TempDir, Arc<Store>, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(tmp.path().join("state")).expect("store"));
+        let slot = tmp.path().join("slot.img");
+        std::fs::write(&slot, vec![0u8; 1 << 20]).expect("slot");
+        (tmp, store, slot)
+    }
+
     /// A checkpointing sink on `slot`, a checkpoint due every 64 KiB.
     fn checkpointing(slot: &std::path::Path, store: &Arc<Store>) -> Checkpointing {
         Checkpointing {
@@ -521,10 +531,7 @@ mod tests {
     /// pull ever resumed.
     #[test]
     fn a_fresh_transfer_checkpoints_a_resumable_position() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(tmp.path().join("state")).expect("store"));
-        let slot = tmp.path().join("slot.img");
-        std::fs::write(&slot, vec![0u8; 1 << 20]).expect("slot");
+        let (_tmp, store, slot) = store_and_slot();
         let image = testkit::image(300_000, 7);
         let (pkg, _) = testkit::package(&image, &testkit::options(Compression::Zstd, 65536));
         let mut reader = PackageReader::new(testkit::trusted(), testkit::policy());
@@ -566,10 +573,7 @@ mod tests {
     /// checkpoint left is the one before, so a crash before Downloaded still resumes.
     #[test]
     fn no_checkpoint_after_the_last_chunk() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(tmp.path().join("state")).expect("store"));
-        let slot = tmp.path().join("slot.img");
-        std::fs::write(&slot, vec![0u8; 1 << 20]).expect("slot");
+        let (_tmp, store, slot) = store_and_slot();
         let image = testkit::image(4 * 65536, 9);
         let (pkg, _) = testkit::package(&image, &testkit::options(Compression::None, 65536));
         let mut reader = PackageReader::new(testkit::trusted(), testkit::policy());
